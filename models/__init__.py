@@ -1,0 +1,1 @@
+"""Labels, estimators (scikit-learn API), calibration and backtest statistics."""

@@ -1,0 +1,1 @@
+"""Sources, steps, MLflow logging, the CLI and serving."""
