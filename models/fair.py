@@ -1,0 +1,361 @@
+"""The fair-initial-margin model: pooled LightGBM quantiles per side, conformally calibrated.
+
+Targets are volatility-scaled adverse moves, ``y = move / (sigma_min x sqrt(h))`` with
+``sigma_min`` the per-minute volatility known at t and ``h`` the horizon in minutes, pooled over
+all venues, contracts and grid horizons (the horizon is an input). Per side, a
+:class:`QuantileMarginRegressor` predicts the q-quantile of y; a held-out, time-ordered calibration
+window turns ratio scores into per-horizon factors and an interval (:mod:`models.conformal`).
+Quantiles are made monotone in H by a running maximum along the grid (LightGBM refuses monotone
+constraints with the quantile objective).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from features._checks import FairmarginInputError, require_columns
+from models.conformal import ScoreQuantiles, calibrate_scores
+from models.horizon import interpolate_power_law, running_max
+from models.labels import SIDES, adverse_moves
+from models.quantile import QuantileMarginRegressor
+
+__all__ = [
+    "FairMarginModel",
+    "QuantileGrid",
+    "TrainingFrame",
+    "add_labels",
+    "feature_columns",
+    "model_matrix",
+    "training_frame",
+]
+
+log = logging.getLogger(__name__)
+
+# Columns of the panel that are keys, raw levels or labels, never model inputs.
+_NOT_FEATURES = {
+    "venue",
+    "symbol",
+    "t",
+    "base",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "sigma_bar",
+    "sigma_ann",
+    "traded_notional_per_minute",
+    "bar_minutes",
+    "linear",
+}
+# Annualised volatility columns: divided by sigma_ann so the model sees regimes, not levels.
+_VOL_PREFIXES = ("rv_", "ewma_vol", "pk_", "gk_", "rs_", "yz_", "semivol", "atm_iv_")
+# Per-bar return quantities: divided by sigma_bar.
+_BAR_PREFIXES = ("var_", "es_", "ret_")
+
+
+def add_labels(panel: pd.DataFrame, *, horizons_minutes: Sequence[int]) -> pd.DataFrame:
+    """Panel with label columns ``y_long_{h}``/``y_short_{h}`` (raw adverse moves, fractions).
+
+    The panel rows of each contract sit on its regular bar grid (``build_panel``), so windows in
+    bars are windows in time. A horizon that is not a whole number of bars is NaN for that
+    contract.
+    """
+    require_columns(
+        panel, ["venue", "symbol", "t", "high", "low", "close", "bar_minutes"], who="add_labels"
+    )
+    out = panel.copy()
+    for h in horizons_minutes:
+        out[f"y_long_{h}"] = np.nan
+        out[f"y_short_{h}"] = np.nan
+    for _, idx in panel.groupby(["venue", "symbol"], sort=False).indices.items():
+        g = panel.iloc[idx]
+        bar = int(g["bar_minutes"].iloc[0])
+        usable = [h for h in horizons_minutes if h % bar == 0]
+        if not usable:
+            continue
+        lab = adverse_moves(
+            g.set_index("t")[["high", "low", "close"]],
+            horizons_bars=[h // bar for h in usable],
+            linear=bool(g["linear"].iloc[0]),
+        )
+        for h in usable:
+            out.loc[out.index[idx], f"y_long_{h}"] = lab[f"long_{h // bar}"].to_numpy()
+            out.loc[out.index[idx], f"y_short_{h}"] = lab[f"short_{h // bar}"].to_numpy()
+    return out
+
+
+def feature_columns(panel: pd.DataFrame) -> list[str]:
+    """The numeric panel columns the model reads, in a stable order."""
+    cols = []
+    for c in panel.columns:
+        if c in _NOT_FEATURES or c.startswith("y_"):
+            continue
+        if pd.api.types.is_numeric_dtype(panel[c]) or pd.api.types.is_bool_dtype(panel[c]):
+            cols.append(c)
+    return sorted(cols)
+
+
+def model_matrix(
+    rows: pd.DataFrame, horizon_minutes: NDArray[np.float64], *, features: Sequence[str]
+) -> pd.DataFrame:
+    """The model's input: scale-free features plus ``log_h`` (log horizon in minutes)."""
+    sigma_ann = rows["sigma_ann"].to_numpy(dtype=np.float64)
+    sigma_bar = rows["sigma_bar"].to_numpy(dtype=np.float64)
+    out: dict[str, NDArray[np.float64]] = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for c in features:
+            v = rows[c].to_numpy(dtype=np.float64) if c in rows else np.full(len(rows), np.nan)
+            if c.startswith(_VOL_PREFIXES):
+                v = v / sigma_ann
+            elif c.startswith(_BAR_PREFIXES):
+                v = v / sigma_bar
+            out[c] = np.where(np.isfinite(v), v, np.nan)
+        out["log_sigma_ann"] = np.log(sigma_ann)
+        out["log_h"] = np.log(np.asarray(horizon_minutes, dtype=np.float64))
+    return pd.DataFrame(out, index=rows.index)
+
+
+@dataclass(frozen=True)
+class TrainingFrame:
+    """Stacked (row, horizon) training data. ``y`` maps side -> scaled targets."""
+
+    X: pd.DataFrame
+    y: dict[str, NDArray[np.float64]]
+    t: NDArray[np.datetime64]
+    h: NDArray[np.float64]
+    base: NDArray[np.object_]
+    scale: NDArray[np.float64]  # sigma_min x sqrt(h): fraction per unit of y
+
+
+def _sigma_min(rows: pd.DataFrame) -> NDArray[np.float64]:
+    return rows["sigma_bar"].to_numpy(dtype=np.float64) / np.sqrt(
+        rows["bar_minutes"].to_numpy(dtype=np.float64)
+    )
+
+
+def training_frame(
+    labelled: pd.DataFrame,
+    *,
+    horizons_minutes: Sequence[int],
+    features: Sequence[str],
+    sample_every_minutes: int,
+    cutoff: pd.Timestamp,
+) -> TrainingFrame:
+    """Rows at decision times on a ``sample_every_minutes`` grid whose label is known at
+    ``cutoff`` (t + h <= cutoff) and whose scale is known."""
+    t = labelled["t"]
+    epoch_min = (t - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(minutes=1)
+    on_grid = (epoch_min % sample_every_minutes == 0) & (labelled["sigma_bar"] > 0)
+    base_rows = labelled[on_grid & (t <= cutoff)]
+    parts: list[tuple[pd.DataFrame, dict[str, Any], NDArray[np.float64]]] = []
+    for h in horizons_minutes:
+        known = base_rows["t"] + pd.Timedelta(minutes=h) <= cutoff
+        rows = base_rows[
+            known & base_rows[f"y_long_{h}"].notna() & base_rows[f"y_short_{h}"].notna()
+        ]
+        if rows.empty:
+            continue
+        scale = _sigma_min(rows) * np.sqrt(h)
+        ys: dict[str, NDArray[np.float64]] = {
+            s: rows[f"y_{s}_{h}"].to_numpy(dtype=np.float64) / scale for s in SIDES
+        }
+        X = model_matrix(rows, np.full(len(rows), float(h)), features=features)
+        parts.append(
+            (
+                X.assign(
+                    _t=rows["t"].to_numpy(),
+                    _base=rows["base"].to_numpy(),
+                    _h=float(h),
+                    _scale=scale,
+                ),
+                ys,
+                scale,
+            )
+        )
+    if not parts:
+        raise FairmarginInputError(
+            f"training_frame: no labelled rows known at {cutoff} (history too short?)"
+        )
+    X = pd.concat([p[0] for p in parts], ignore_index=True)
+    y: dict[str, NDArray[np.float64]] = {
+        s: np.concatenate([p[1][s] for p in parts]) for s in SIDES
+    }
+    meta = X[["_t", "_base", "_h", "_scale"]]
+    return TrainingFrame(
+        X=X.drop(columns=["_t", "_base", "_h", "_scale"]),
+        y=y,
+        t=meta["_t"].to_numpy(),
+        h=meta["_h"].to_numpy(dtype=np.float64),
+        base=meta["_base"].to_numpy(dtype=object),
+        scale=meta["_scale"].to_numpy(dtype=np.float64),
+    )
+
+
+@dataclass(frozen=True)
+class QuantileGrid:
+    """Calibrated quantiles of each side on the horizon grid, as fractions of notional.
+
+    Arrays have shape (n_rows, n_horizons); ``lower``/``upper`` bound the quantile (interval).
+    ``raw`` is the uncalibrated scaled prediction (model units), for explanations.
+    """
+
+    horizons: NDArray[np.float64]
+    quantile: dict[str, NDArray[np.float64]]
+    lower: dict[str, NDArray[np.float64]]
+    upper: dict[str, NDArray[np.float64]]
+    scale: NDArray[np.float64]  # (n_rows, n_horizons): sigma_min x sqrt(h) x factor
+
+    def at(
+        self, side: str, horizon: NDArray[np.float64], which: str = "quantile"
+    ) -> NDArray[np.float64]:
+        """Power-law interpolation of one side's quantile (or bound) at per-row horizons."""
+        table = {"quantile": self.quantile, "lower": self.lower, "upper": self.upper}[which]
+        return interpolate_power_law(self.horizons, table[side], horizon)
+
+
+@dataclass
+class FairMarginModel:
+    """Fair-margin quantile model of both sides with conformal factors per horizon.
+
+    Parameters
+    ----------
+    coverage : q.
+    interval_level : confidence of [lower, upper].
+    horizons_minutes : the label grid.
+    regressor_params : passed to :class:`QuantileMarginRegressor`.
+    calibration_fraction, max_calibration_days, min_scores : the calibration window.
+
+    Attributes
+    ----------
+    features_ : panel columns read.
+    regressors_ : side -> fitted regressor.
+    calibration_ : side -> {horizon: ScoreQuantiles}.
+    horizons_ : grid horizons kept (enough labels and calibration scores).
+    cutoff_ : the time the model was trained at: it saw nothing known after it.
+    metrics_ : pinball loss and exceedance rate on the calibration window, per side.
+    """
+
+    coverage: float = 0.99
+    interval_level: float = 0.90
+    horizons_minutes: tuple[int, ...] = (15, 30, 60, 240, 1440, 4320, 10080)
+    regressor_params: dict[str, Any] = field(default_factory=dict)
+    calibration_fraction: float = 0.30
+    max_calibration_days: float = 120.0
+    min_scores: int = 200
+    sample_every_minutes: int = 30
+    features_: list[str] = field(default_factory=list)
+    regressors_: dict[str, QuantileMarginRegressor] = field(default_factory=dict)
+    calibration_: dict[str, dict[int, ScoreQuantiles]] = field(default_factory=dict)
+    horizons_: tuple[int, ...] = ()
+    cutoff_: pd.Timestamp | None = None
+    metrics_: dict[str, float] = field(default_factory=dict)
+
+    def fit(self, labelled: pd.DataFrame, *, cutoff: pd.Timestamp) -> FairMarginModel:
+        """Train on rows known at ``cutoff``: the earlier part fits, the later part calibrates,
+        with a gap of the horizon between them (no training label overlaps calibration)."""
+        if not 0.5 < self.coverage < 1:
+            raise FairmarginInputError(f"coverage must be in (0.5, 1), got {self.coverage!r}")
+        self.features_ = feature_columns(labelled)
+        tf = training_frame(
+            labelled,
+            horizons_minutes=self.horizons_minutes,
+            features=self.features_,
+            sample_every_minutes=self.sample_every_minutes,
+            cutoff=cutoff,
+        )
+        t_ns = tf.t.astype("datetime64[ns]").astype(np.int64)
+        first, last = t_ns.min(), t_ns.max()
+        span_days = (last - first) / 86_400e9
+        cal_days = min(self.calibration_fraction * span_days, self.max_calibration_days)
+        cal_start = pd.Timestamp(int(cutoff.value - cal_days * 86_400e9), tz="UTC")
+        label_end = tf.t.astype("datetime64[ns]") + (tf.h * 60e9).astype("timedelta64[ns]")
+        train = label_end <= cal_start.to_datetime64()
+        calib = tf.t.astype("datetime64[ns]") >= cal_start.to_datetime64()
+        if train.sum() < 1000 or calib.sum() < 100:
+            raise FairmarginInputError(
+                f"FairMarginModel.fit: too little history before {cutoff}: "
+                f"{int(train.sum())} training and {int(calib.sum())} calibration rows "
+                "(need >= 1000 and >= 100)"
+            )
+        n_groups = max(len(np.unique(tf.base[calib])), 1)
+        kept: list[int] = []
+        for side in SIDES:
+            reg = QuantileMarginRegressor(coverage=self.coverage, **self.regressor_params)
+            reg.fit(tf.X[train], tf.y[side][train])
+            self.regressors_[side] = reg
+            pred = np.maximum(reg.predict(tf.X[calib]), 1e-6)
+            y_cal = tf.y[side][calib]
+            h_cal = tf.h[calib]
+            self.calibration_[side] = {}
+            for h in self.horizons_minutes:
+                m = h_cal == h
+                if m.sum() < 20:
+                    continue
+                # independent scores: non-overlapping windows per underlying in the window
+                n_eff = n_groups * max(cal_days * 1440.0 / h - 1.0, 1.0)
+                self.calibration_[side][h] = calibrate_scores(
+                    y_cal[m] / pred[m],
+                    coverage=self.coverage,
+                    interval_level=self.interval_level,
+                    n_eff=n_eff,
+                )
+            self.metrics_.update(_side_metrics(side, y_cal, pred, self.coverage))
+        kept = [h for h in self.horizons_minutes if all(h in self.calibration_[s] for s in SIDES)]
+        if len(kept) < 2:
+            raise FairmarginInputError(
+                f"FairMarginModel.fit: fewer than two horizons of {self.horizons_minutes} have "
+                "calibration scores; the history is too short for this grid"
+            )
+        self.horizons_ = tuple(kept)
+        self.cutoff_ = cutoff
+        log.info(
+            "fitted fair-margin model at %s on %d rows, horizons %s",
+            cutoff,
+            int(train.sum()),
+            kept,
+        )
+        return self
+
+    def quantile_grid(self, rows: pd.DataFrame) -> QuantileGrid:
+        """Calibrated quantiles on the kept horizon grid for panel rows (one per position)."""
+        if not self.regressors_:
+            raise FairmarginInputError("FairMarginModel: not fitted")
+        hs = np.asarray(self.horizons_, dtype=np.float64)
+        n, g = len(rows), len(hs)
+        sig = _sigma_min(rows)
+        scale = sig[:, None] * np.sqrt(hs)[None, :]
+        q: dict[str, NDArray[np.float64]] = {}
+        lo: dict[str, NDArray[np.float64]] = {}
+        hi: dict[str, NDArray[np.float64]] = {}
+        X = model_matrix(rows.loc[rows.index.repeat(g)], np.tile(hs, n), features=self.features_)
+        for side in SIDES:
+            raw = np.maximum(self.regressors_[side].predict(X).reshape(n, g), 1e-6)
+            cal = [self.calibration_[side][int(h)] for h in hs]
+            fac = np.array([c.factor for c in cal])
+            q[side] = running_max(raw * fac * scale)
+            lo[side] = np.minimum(
+                running_max(raw * np.array([c.factor_lower for c in cal]) * scale), q[side]
+            )
+            hi[side] = np.maximum(
+                running_max(raw * np.array([c.factor_upper for c in cal]) * scale), q[side]
+            )
+        return QuantileGrid(horizons=hs, quantile=q, lower=lo, upper=hi, scale=scale)
+
+
+def _side_metrics(
+    side: str, y: NDArray[np.float64], pred: NDArray[np.float64], q: float
+) -> dict[str, float]:
+    diff = y - pred
+    pinball = float(np.mean(np.maximum(q * diff, (q - 1) * diff)))
+    return {
+        f"pinball_loss_{side}": pinball,
+        f"exceedance_rate_{side}": float(np.mean(y > pred)),
+    }

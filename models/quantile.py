@@ -1,0 +1,99 @@
+"""LightGBM quantile regression with the scikit-learn contract (STYLE.md §6)."""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+__all__ = ["QuantileMarginRegressor"]
+
+
+class QuantileMarginRegressor(RegressorMixin, BaseEstimator):
+    """The q-quantile of a (volatility-scaled) adverse move, by LightGBM's quantile objective.
+
+    Parameters
+    ----------
+    coverage : the quantile level q in (0.5, 1), e.g. 0.99.
+    n_estimators, learning_rate, num_leaves, min_child_samples, subsample, colsample_bytree,
+    reg_lambda : LightGBM parameters (see ``lightgbm.LGBMRegressor``).
+    n_jobs : threads; 2 on the reference machine.
+    random_state : seed; the same seed gives the same model.
+
+    Attributes
+    ----------
+    booster_ : the fitted ``lightgbm.LGBMRegressor``.
+    feature_names_in_ : feature names seen in ``fit`` (when X is a DataFrame).
+    n_features_in_ : number of features.
+    """
+
+    def __init__(
+        self,
+        coverage: float = 0.99,
+        n_estimators: int = 300,
+        learning_rate: float = 0.05,
+        num_leaves: int = 31,
+        min_child_samples: int = 200,
+        subsample: float = 0.8,
+        colsample_bytree: float = 0.8,
+        reg_lambda: float = 1.0,
+        n_jobs: int = 2,
+        random_state: int = 0,
+    ) -> None:
+        self.coverage = coverage
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.reg_lambda = reg_lambda
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def fit(
+        self, X: pd.DataFrame | NDArray[Any], y: pd.Series | NDArray[Any], **fit_params: Any
+    ) -> Self:
+        if not 0.5 < self.coverage < 1:
+            raise ValueError(f"coverage must be in (0.5, 1), got {self.coverage!r}")
+        X_arr, y_arr = validate_data(self, X, y, ensure_all_finite="allow-nan", y_numeric=True)
+        self.booster_ = lgb.LGBMRegressor(
+            objective="quantile",
+            alpha=self.coverage,
+            n_estimators=self.n_estimators,
+            learning_rate=self.learning_rate,
+            num_leaves=self.num_leaves,
+            min_child_samples=self.min_child_samples,
+            subsample=self.subsample,
+            subsample_freq=1 if self.subsample < 1 else 0,
+            colsample_bytree=self.colsample_bytree,
+            reg_lambda=self.reg_lambda,
+            n_jobs=self.n_jobs,
+            random_state=self.random_state,
+            deterministic=True,
+            force_col_wise=True,
+            verbose=-1,
+        ).fit(X_arr, y_arr, **fit_params)
+        return self
+
+    def predict(self, X: pd.DataFrame | NDArray[Any]) -> NDArray[np.float64]:
+        check_is_fitted(self)
+        X_arr = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
+        return np.asarray(self.booster_.predict(X_arr), dtype=np.float64)
+
+    def contributions(self, X: pd.DataFrame | NDArray[Any]) -> NDArray[np.float64]:
+        """Per-row feature contributions (LightGBM ``pred_contrib``): (n, n_features + 1), the
+        last column the bias; each row sums to ``predict``."""
+        check_is_fitted(self)
+        X_arr = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
+        return np.asarray(self.booster_.predict(X_arr, pred_contrib=True), dtype=np.float64)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags

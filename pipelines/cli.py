@@ -1,0 +1,445 @@
+"""The ``fairmargin`` command line.
+
+Errors of fairmargin's own (bad input, a model that does not fit the question) print one line and
+exit 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features._checks import FairmarginError, FairmarginInputError
+from pipelines.config import (
+    ExperimentConfig,
+    default_experiment_path,
+    load_experiment,
+    with_overrides,
+)
+
+__all__ = ["main"]
+
+log = logging.getLogger("fairmargin")
+
+
+class _Clock:
+    """Per-step progress lines with timings, on stderr."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.start:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+
+def _config(args: argparse.Namespace) -> ExperimentConfig:
+    path = getattr(args, "experiment", None) or default_experiment_path()
+    cfg = load_experiment(path)
+    return with_overrides(
+        cfg,
+        coverage=getattr(args, "coverage", None),
+        base_latency_minutes=getattr(args, "base_latency", None),
+        participation=getattr(args, "participation", None),
+        materiality=getattr(args, "materiality", None),
+    )
+
+
+def _parse_as_of(text: str) -> str | pd.Timestamp:
+    if text in ("latest", "all"):
+        return text
+    try:
+        ts = pd.Timestamp(text)
+    except ValueError:
+        raise FairmarginInputError(
+            f"--as-of must be 'latest', 'all' or a UTC time, got {text!r}"
+        ) from None
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _print_flags(flags: pd.DataFrame, *, limit: int = 40) -> None:
+    counts = flags["status"].value_counts().to_dict()
+    print("status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    flagged = flags[flags["status"].isin(["under_margined", "over_margined"])]
+    if flagged.empty:
+        print("no tier is materially under- or over-margined")
+        return
+    flagged = flagged.sort_values("score", ascending=False).head(limit)
+    view = pd.DataFrame(
+        {
+            "venue": flagged["venue"],
+            "symbol": flagged["symbol"],
+            "tier": flagged["tier"],
+            "notional": flagged["evaluated_notional"].map(lambda v: f"{v:,.0f}"),
+            "published": flagged["published_initial_margin_rate"].map(lambda v: f"{v:.2%}"),
+            "fair": flagged["fair_initial_margin_rate"].map(lambda v: f"{v:.2%}"),
+            "interval": [
+                f"[{lo:.2%}, {hi:.2%}]"
+                for lo, hi in zip(flagged["fair_lower"], flagged["fair_upper"], strict=True)
+            ],
+            "deviation": flagged["deviation"].map(lambda v: f"{v:+.0%}"),
+            "status": flagged["status"],
+            "score": flagged["score"].map(lambda v: f"{v:.1f}"),
+            "H_min": flagged["horizon_minutes"].map(lambda v: f"{v:,.0f}"),
+            "implied_H_min": [
+                f"{h:,.0f}{'<' if c == 'below' else '>' if c == 'above' else ''}"
+                for h, c in zip(
+                    flagged["implied_horizon_minutes"],
+                    flagged["implied_horizon_censored"],
+                    strict=True,
+                )
+            ],
+        }
+    )
+    print(view.to_string(index=False))
+
+
+def _write_flags(flags: pd.DataFrame, out: Path) -> list[Path]:
+    """Write flags.parquet and flags.csv so that a failure leaves neither half-written."""
+    out.mkdir(parents=True, exist_ok=True)
+    targets = [out / "flags.parquet", out / "flags.csv"]
+    tmps = [t.with_name(f".{t.name}.tmp") for t in targets]
+    try:
+        flags.to_parquet(tmps[0], index=False)
+        flags.to_csv(tmps[1], index=False)
+        for tmp, target in zip(tmps, targets, strict=True):
+            tmp.replace(target)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+    return targets
+
+
+def _read(path: str, *, quarantine: bool, clock: _Clock) -> Any:
+    from pipelines.bundle import read_bundle
+
+    bundle = read_bundle(path, quarantine=quarantine)
+    if len(bundle.quarantine):
+        clock(f"quarantined {len(bundle.quarantine):,} bad rows (reasons in quarantine.parquet)")
+    return bundle
+
+
+def _tables(bundle: Any) -> dict[str, pd.DataFrame | None]:
+    names = (
+        "contracts",
+        "margin_tiers",
+        "ohlcv",
+        "order_books",
+        "option_quotes",
+        "funding_rates",
+        "truth",
+    )
+    return {name: bundle.table(name) for name in names}
+
+
+def _judge_and_log(
+    tables: dict[str, pd.DataFrame | None],
+    cfg: ExperimentConfig,
+    out: Path,
+    *,
+    as_of: Any,
+    model: Any,
+    model_version: str,
+    labelled: pd.DataFrame | None,
+    clock: _Clock,
+) -> Any:
+    """Flag, score against truth when present, write outputs and log them to the active run."""
+    import mlflow
+
+    from models.detection import detection_scores
+    from pipelines.flag import flag_tiers
+
+    result = flag_tiers(
+        tables,
+        cfg,
+        as_of=as_of,
+        model=model,
+        model_version=model_version,
+        labelled=labelled,
+        progress=clock,
+    )
+    metrics = {k: v for k, v in result.metrics.items() if np.isfinite(v)}
+    counts = result.flags["status"].value_counts()
+    for status in ("under_margined", "over_margined", "in_line", "insufficient_data"):
+        metrics[f"n_{status}"] = float(counts.get(status, 0))
+    truth = tables.get("truth")
+    if truth is not None:
+        scores = detection_scores(result.flags, truth)
+        metrics.update({f"detection_{k}": v for k, v in scores.items() if np.isfinite(v)})
+        clock(
+            "against truth: "
+            + " ".join(
+                f"{k}={scores[k]:.3f}"
+                for k in (
+                    "recall",
+                    "precision",
+                    "inline_false_flag_rate",
+                    "median_abs_rel_error",
+                    "interval_coverage",
+                )
+            )
+        )
+    mlflow.log_metrics(metrics)
+    for path in _write_flags(result.flags, out):
+        mlflow.log_artifact(str(path), artifact_path="flags")
+    return result
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from pipelines.bundle import write_bundle
+    from pipelines.simulator import SimConfig, simulate_market
+
+    clock = _Clock()
+    cfg = SimConfig(seed=args.seed, days=args.days)
+    tables = simulate_market(cfg)
+    path = write_bundle(tables, args.out, overwrite=args.overwrite)
+    rows = ", ".join(f"{k} {len(v):,}" for k, v in tables.items())
+    clock(f"simulated {args.days} days (seed {args.seed}) into {path}: {rows}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pipelines.bundle import read_bundle, write_quarantine
+
+    bundle = read_bundle(args.bundle, quarantine=args.quarantine)
+    for name, df in _tables(bundle).items():
+        if df is not None:
+            print(f"{name}: {len(df):,} rows")
+    if len(bundle.quarantine):
+        out = Path(args.out or args.bundle)
+        path = write_quarantine(bundle.quarantine, out)
+        print(f"{len(bundle.quarantine):,} bad rows set aside in {path}")
+    print(f"{args.bundle}: follows the data contract")
+    return 0
+
+
+def cmd_flag(args: argparse.Namespace) -> int:
+    from pipelines.bundle import bundle_fingerprint, write_quarantine
+    from pipelines.tracking import load_registered, log_bundle_input, mlflow_run
+
+    clock = _Clock()
+    cfg = _config(args)
+    model = None
+    version = ""
+    if args.model:
+        model, trained_cfg = load_registered(args.model)
+        if not np.isclose(model.coverage, cfg.coverage):
+            raise FairmarginInputError(
+                f"--model {args.model} was trained at coverage {model.coverage}, "
+                f"asked for {cfg.coverage}"
+            )
+        version = args.model
+        clock(f"loaded {args.model} (trained at {model.cutoff_})")
+        del trained_cfg
+    bundle = _read(args.bundle, quarantine=args.quarantine, clock=clock)
+    out = Path(args.out)
+    with mlflow_run(f"flag {Path(args.bundle).name}", cfg, kind="flag") as run_id:
+        log_bundle_input(Path(args.bundle), _tables(bundle), bundle_fingerprint(args.bundle))
+        if len(bundle.quarantine):
+            qpath = write_quarantine(bundle.quarantine, out)
+            if qpath is not None:
+                import mlflow
+
+                mlflow.log_artifact(str(qpath))
+        result = _judge_and_log(
+            _tables(bundle),
+            cfg,
+            out,
+            as_of=_parse_as_of(args.as_of),
+            model=model,
+            model_version=version,
+            labelled=None,
+            clock=clock,
+        )
+    _print_flags(result.flags)
+    clock(f"flags in {out / 'flags.parquet'} and {out / 'flags.csv'}; MLflow run {run_id}")
+    return 0
+
+
+def _train(
+    bundle_path: str,
+    cfg: ExperimentConfig,
+    out: Path,
+    *,
+    quarantine: bool,
+    register: bool,
+    promote: bool,
+    clock: _Clock,
+) -> tuple[Any, str, str]:
+    """Train at the bundle's end, log and register the model, flag the latest schedules."""
+    import mlflow
+
+    from pipelines.bundle import bundle_fingerprint
+    from pipelines.flag import labelled_panel, train_model
+    from pipelines.tracking import log_bundle_input, log_model, mlflow_run
+
+    bundle = _read(bundle_path, quarantine=quarantine, clock=clock)
+    tables = _tables(bundle)
+    with mlflow_run(f"train {Path(bundle_path).name}", cfg, kind="train") as run_id:
+        log_bundle_input(Path(bundle_path), tables, bundle_fingerprint(bundle_path))
+        labelled = labelled_panel(tables, cfg)
+        clock(f"features and labels: {len(labelled):,} panel rows")
+        cutoff = pd.Timestamp(labelled["t"].max())
+        model = train_model(labelled, cfg, cutoff=cutoff)
+        clock(f"trained both sides at {cutoff:%Y-%m-%d %H:%M} on horizons {model.horizons_}")
+        mlflow.log_metrics({k: v for k, v in model.metrics_.items() if np.isfinite(v)})
+        result = _judge_and_log(
+            tables,
+            cfg,
+            out,
+            as_of="latest",
+            model=model,
+            model_version=f"runs:/{run_id}/model",
+            labelled=labelled,
+            clock=clock,
+        )
+        if result.inputs is None or result.inputs.empty:
+            raise FairmarginInputError("train: no tier could be judged; nothing to log")
+        uri, _version = log_model(model, cfg, result.inputs, register=register, promote=promote)
+        clock(f"logged model {uri}")
+    return result, run_id, uri
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    clock = _Clock()
+    cfg = _config(args)
+    result, run_id, uri = _train(
+        args.bundle,
+        cfg,
+        Path(args.out),
+        quarantine=args.quarantine,
+        register=not args.no_register,
+        promote=args.promote,
+        clock=clock,
+    )
+    _print_flags(result.flags)
+    clock(f"model {uri}; MLflow run {run_id}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.bundle import write_bundle
+    from pipelines.simulator import SimConfig, simulate_market
+    from pipelines.tracking import configure_tracking
+
+    clock = _Clock()
+    root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="fairmargin-demo-"))
+    bundle_path = root / "bundle"
+    tables = simulate_market(SimConfig(seed=args.seed, days=args.days))
+    write_bundle(tables, bundle_path, overwrite=True)
+    clock(
+        f"simulated {args.days} days of {tables['contracts']['venue'].nunique()} venues "
+        f"into {bundle_path}"
+    )
+    cfg = _config(args)
+    result, run_id, uri = _train(
+        str(bundle_path),
+        cfg,
+        root / "flags",
+        quarantine=False,
+        register=True,
+        promote=False,
+        clock=clock,
+    )
+    _print_flags(result.flags)
+    tracking = configure_tracking()
+    print(f"\nflags: {root / 'flags' / 'flags.csv'}")
+    print(f"MLflow run {run_id} in {tracking}; model {uri}")
+    if tracking.startswith("sqlite:///"):
+        print(f"see it with: mlflow ui --backend-store-uri {tracking}")
+    return 0
+
+
+def _common_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", help="experiment TOML (default: experiments/default.toml)")
+    p.add_argument("--coverage", type=float, help="q, the share of adverse moves covered")
+    p.add_argument("--base-latency", type=float, help="minutes before liquidation starts")
+    p.add_argument(
+        "--participation", type=float, help="share of traded volume a liquidation takes"
+    )
+    p.add_argument("--materiality", type=float, help="|published / fair - 1| needed to flag")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fairmargin",
+        description="Benchmark published initial margin against fair margin.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="write a simulated market bundle with its truth")
+    p.add_argument("--out", required=True, help="bundle folder to create")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--days", type=int, default=90)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("validate", help="check a bundle against the data contract")
+    p.add_argument("bundle")
+    p.add_argument("--quarantine", action="store_true", help="set bad rows aside and go on")
+    p.add_argument("--out", help="where quarantine.parquet goes (default: the bundle)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("flag", help="flag under- and over-margined tiers of a bundle")
+    p.add_argument("bundle")
+    p.add_argument("--out", required=True, help="folder for flags.parquet and flags.csv")
+    p.add_argument("--as-of", default="latest", help="'latest' (default), 'all', or a UTC time")
+    p.add_argument("--model", help="MLflow model URI; default: fit on the bundle's own history")
+    p.add_argument("--quarantine", action="store_true", help="set bad rows aside and go on")
+    _common_model_options(p)
+    p.set_defaults(func=cmd_flag)
+
+    p = sub.add_parser("train", help="train, log and register the fair-margin model")
+    p.add_argument("experiment", help="experiment TOML")
+    p.add_argument("bundle")
+    p.add_argument("--out", default="fairmargin-train", help="folder for the flags it makes")
+    p.add_argument("--quarantine", action="store_true")
+    p.add_argument("--no-register", action="store_true", help="log the model without registering")
+    p.add_argument("--promote", action="store_true", help="make this version the champion")
+    for flag, help_ in (
+        ("--coverage", "q"),
+        ("--base-latency", "minutes"),
+        ("--participation", "share"),
+        ("--materiality", "threshold"),
+    ):
+        p.add_argument(flag, type=float, help=help_)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="simulate, train, flag and track, on the embedded default")
+    p.add_argument("--out", help="folder for the bundle and flags (default: a temporary folder)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--days", type=int, default=90)
+    _common_model_options(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except FairmarginError as exc:
+        if args.debug:
+            raise
+        print(f"fairmargin {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

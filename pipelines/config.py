@@ -1,0 +1,203 @@
+"""Experiment configuration: frozen, typed dataclasses that check themselves (STYLE.md §4)."""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from features._checks import FairmarginInputError
+
+__all__ = [
+    "CalibrationConfig",
+    "DataConfig",
+    "ExperimentConfig",
+    "ModelConfig",
+    "WalkForwardConfig",
+    "default_experiment_path",
+    "flatten",
+    "load_experiment",
+    "load_experiment_dict",
+    "with_overrides",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class DataConfig:
+    horizons_minutes: tuple[int, ...] = (15, 30, 60, 240, 1440, 4320, 10080)
+    sample_every_minutes: int = 30
+    min_history_days: float = 14.0
+    book_tolerance_minutes: float = 180.0
+    quote_tolerance_minutes: float = 180.0
+    funding_tolerance_minutes: float = 720.0
+    price_tolerance_minutes: float = 1440.0
+
+    def __post_init__(self) -> None:
+        hs = tuple(int(h) for h in self.horizons_minutes)
+        object.__setattr__(self, "horizons_minutes", hs)
+        if len(hs) < 2 or any(b <= a for a, b in itertools.pairwise(hs)) or hs[0] <= 0:
+            raise FairmarginInputError(
+                f"data.horizons_minutes must be >= 2 increasing positive minutes, got {hs}"
+            )
+        if self.sample_every_minutes <= 0:
+            raise FairmarginInputError(
+                f"data.sample_every_minutes must be > 0, got {self.sample_every_minutes!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationConfig:
+    window_fraction: float = 0.30
+    max_window_days: float = 120.0
+    min_scores: int = 200
+
+    def __post_init__(self) -> None:
+        if not 0 < self.window_fraction < 1:
+            raise FairmarginInputError(
+                f"calibration.window_fraction must be in (0, 1), got {self.window_fraction!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    n_estimators: int = 200
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_child_samples: int = 200
+    subsample: float = 0.8
+    colsample_bytree: float = 0.8
+    reg_lambda: float = 1.0
+    n_jobs: int = 2
+
+    def __post_init__(self) -> None:
+        if self.n_estimators < 1:
+            raise FairmarginInputError(
+                f"model.n_estimators must be >= 1, got {self.n_estimators!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class WalkForwardConfig:
+    retrain_every_days: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentConfig:
+    name: str = "default"
+    coverage: float = 0.99
+    base_latency_minutes: float = 15.0
+    participation: float = 0.10
+    materiality: float = 0.25
+    interval_level: float = 0.90
+    single_tier_notional: float = 1e6
+    last_tier_cap_multiple: float = 10.0
+    beyond_depth_multiplier: float = 1.5
+    impact_coefficient: float = 0.5
+    random_state: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    walk_forward: WalkForwardConfig = field(default_factory=WalkForwardConfig)
+
+    def __post_init__(self) -> None:
+        if not 0.5 < self.coverage < 1:
+            raise FairmarginInputError(f"coverage must be in (0.5, 1), got {self.coverage!r}")
+        if not 0 < self.participation <= 1:
+            raise FairmarginInputError(
+                f"participation must be in (0, 1], got {self.participation!r}"
+            )
+        if self.base_latency_minutes < 0:
+            raise FairmarginInputError(
+                f"base_latency_minutes must be >= 0, got {self.base_latency_minutes!r}"
+            )
+        if self.materiality < 0:
+            raise FairmarginInputError(f"materiality must be >= 0, got {self.materiality!r}")
+        if not 0 < self.interval_level < 1:
+            raise FairmarginInputError(
+                f"interval_level must be in (0, 1), got {self.interval_level!r}"
+            )
+        if self.beyond_depth_multiplier < 1:
+            raise FairmarginInputError(
+                f"beyond_depth_multiplier must be >= 1, got {self.beyond_depth_multiplier!r}"
+            )
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "data": DataConfig,
+    "calibration": CalibrationConfig,
+    "model": ModelConfig,
+    "walk_forward": WalkForwardConfig,
+}
+
+
+def _build(cls: type[Any], raw: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    if unknown := sorted(set(raw) - known):
+        raise FairmarginInputError(f"{where}: unknown keys {unknown}; allowed: {sorted(known)}")
+    return cls(**raw)
+
+
+def load_experiment_dict(raw: dict[str, Any], *, where: str = "config") -> ExperimentConfig:
+    """Build a config from a nested dict (a parsed TOML file, or ``asdict`` of a config)."""
+    raw = dict(raw)
+    try:
+        sections = {
+            k: _build(cls, dict(raw.pop(k, {})), f"{where} [{k}]") for k, cls in _SECTIONS.items()
+        }
+        return _build(ExperimentConfig, {**raw, **sections}, where)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, FairmarginInputError):
+            raise
+        raise FairmarginInputError(f"{where}: {exc}") from None
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Read an experiment TOML; unknown keys and bad values are errors naming the file."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise FairmarginInputError(f"{p}: experiment file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FairmarginInputError(f"{p}: not valid TOML: {exc}") from None
+    try:
+        sections = {k: _build(cls, raw.pop(k, {}), f"{p} [{k}]") for k, cls in _SECTIONS.items()}
+        return _build(ExperimentConfig, {**raw, **sections}, str(p))
+    except (TypeError, ValueError) as exc:
+        raise FairmarginInputError(f"{p}: {exc}") from None
+
+
+def default_experiment_path() -> Path:
+    """The packaged ``experiments/default.toml``."""
+    return Path(__file__).resolve().parent.parent / "experiments" / "default.toml"
+
+
+def with_overrides(cfg: ExperimentConfig, **overrides: Any) -> ExperimentConfig:
+    """Apply CLI overrides; ``None`` means "not given". Dotted keys reach sections."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if "." in key:
+            section, sub = key.split(".", 1)
+            nested.setdefault(section, {})[sub] = value
+        else:
+            top[key] = value
+    for section, values in nested.items():
+        top[section] = replace(getattr(cfg, section), **values)
+    return replace(cfg, **top) if top else cfg
+
+
+def flatten(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Flat ``{"data.horizons_minutes": ..., "coverage": ...}`` for MLflow params and outputs."""
+    out: dict[str, Any] = {}
+    for key, value in asdict(cfg).items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                out[f"{key}.{sub}"] = list(v) if isinstance(v, tuple) else v
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+from scipy import stats
+
+from features._checks import FairmarginInputError
+from models.conformal import calibrate_scores
+
+
+def test_factor_recovers_a_known_quantile():
+    rng = np.random.default_rng(1)
+    s = rng.lognormal(0.0, 0.3, size=200_000)
+    got = calibrate_scores(s, coverage=0.99)
+    true = np.exp(0.3 * stats.norm.ppf(0.99))
+    assert got.method == "empirical"
+    # 99 % quantile of 200k lognormal draws: standard error ~ 0.3 %
+    assert got.factor == pytest.approx(true, rel=0.02)
+    assert got.factor_lower <= got.factor <= got.factor_upper
+
+
+def test_gpd_tail_when_too_few_scores_beyond_q():
+    rng = np.random.default_rng(2)
+    # Pareto with tail index 4: quantile (1 - p)^(-1/4)
+    s = rng.pareto(4.0, size=300) + 1.0
+    got = calibrate_scores(s, coverage=0.995, min_tail=5)
+    assert got.method == "gpd"
+    assert got.factor == pytest.approx(0.005 ** (-1 / 4), rel=0.35)
+
+
+def test_interval_covers_the_true_quantile_at_about_its_level():
+    rng = np.random.default_rng(3)
+    true = stats.norm.ppf(0.99)
+    hits = 0
+    reps = 300
+    for _ in range(reps):
+        s = rng.standard_normal(2000)
+        c = calibrate_scores(s, coverage=0.99, interval_level=0.90)
+        hits += c.factor_lower <= true <= c.factor_upper
+    # nominal 90 %; binomial sd over 300 reps ~ 1.7 %, order-statistic bounds are conservative
+    assert 0.84 <= hits / reps <= 0.99
+
+
+def test_fewer_independent_scores_widen_the_interval():
+    rng = np.random.default_rng(4)
+    s = rng.standard_normal(5000)
+    wide = calibrate_scores(s, coverage=0.99, n_eff=200)
+    narrow = calibrate_scores(s, coverage=0.99, n_eff=5000)
+    assert wide.factor_upper - wide.factor_lower > narrow.factor_upper - narrow.factor_lower
+
+
+def test_bad_inputs():
+    with pytest.raises(FairmarginInputError, match="at least 20 finite scores"):
+        calibrate_scores([1.0, 2.0], coverage=0.99)
+    with pytest.raises(FairmarginInputError, match=r"coverage must be in \(0.5, 1\)"):
+        calibrate_scores(np.ones(50), coverage=1.5)

@@ -1,0 +1,48 @@
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from models.quantile import QuantileMarginRegressor
+
+
+@parametrize_with_checks(
+    [QuantileMarginRegressor(coverage=0.9, n_estimators=5, min_child_samples=1, n_jobs=1)],
+    expected_failed_checks=lambda est: {
+        "check_regressors_train": "a 90 % quantile is not the mean: R^2 > 0.5 does not apply",
+    },
+)
+def test_sklearn_contract(estimator, check):
+    check(estimator)
+
+
+def _hetero(n, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.5, 2.0, n)
+    y = x * rng.standard_normal(n)  # scale grows with x: the 90 % quantile is 1.2816 x
+    return pd.DataFrame({"x": x}), y
+
+
+def test_quantile_covers_and_tracks_scale():
+    X, y = _hetero(20_000, 0)
+    reg = QuantileMarginRegressor(coverage=0.9, n_estimators=100, min_child_samples=50).fit(X, y)
+    Xt, yt = _hetero(20_000, 1)
+    pred = reg.predict(Xt)
+    assert np.mean(yt <= pred) == pytest.approx(0.9, abs=0.02)
+    hi, lo = reg.predict(pd.DataFrame({"x": [1.9]}))[0], reg.predict(pd.DataFrame({"x": [0.6]}))[0]
+    assert hi / lo == pytest.approx(1.9 / 0.6, rel=0.3)
+
+
+def test_same_seed_same_model_and_contributions_sum_to_prediction():
+    X, y = _hetero(5000, 2)
+    a = QuantileMarginRegressor(n_estimators=30, random_state=3).fit(X, y)
+    b = QuantileMarginRegressor(n_estimators=30, random_state=3).fit(X, y)
+    np.testing.assert_array_equal(a.predict(X), b.predict(X))
+    contrib = a.contributions(X.head(10))
+    np.testing.assert_allclose(contrib.sum(axis=1), a.predict(X.head(10)), rtol=1e-9, atol=1e-12)
+
+
+def test_bad_coverage():
+    X, y = _hetero(100, 4)
+    with pytest.raises(ValueError, match=r"coverage must be in \(0.5, 1\)"):
+        QuantileMarginRegressor(coverage=0.3).fit(X, y)
