@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
 
 # Columns of the panel that are keys, raw levels or labels, never model inputs.
 _NOT_FEATURES = {
@@ -129,7 +130,7 @@ class TrainingFrame:
 
     X: pd.DataFrame
     y: dict[str, NDArray[np.float64]]
-    t: NDArray[np.datetime64]
+    t: NDArray[np.int64]  # decision time, ns since the epoch (UTC)
     h: NDArray[np.float64]
     base: NDArray[np.object_]
     scale: NDArray[np.float64]  # sigma_min x sqrt(h): fraction per unit of y
@@ -152,7 +153,7 @@ def training_frame(
     """Rows at decision times on a ``sample_every_minutes`` grid whose label is known at
     ``cutoff`` (t + h <= cutoff) and whose scale is known."""
     t = labelled["t"]
-    epoch_min = (t - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(minutes=1)
+    epoch_min = (t - _EPOCH) // pd.Timedelta(minutes=1)
     on_grid = (epoch_min % sample_every_minutes == 0) & (labelled["sigma_bar"] > 0)
     base_rows = labelled[on_grid & (t <= cutoff)]
     parts: list[tuple[pd.DataFrame, dict[str, Any], NDArray[np.float64]]] = []
@@ -171,7 +172,7 @@ def training_frame(
         parts.append(
             (
                 X.assign(
-                    _t=rows["t"].to_numpy(),
+                    _t=((rows["t"] - _EPOCH) // pd.Timedelta(1, "ns")).to_numpy(dtype=np.int64),
                     _base=rows["base"].to_numpy(),
                     _h=float(h),
                     _scale=scale,
@@ -192,7 +193,7 @@ def training_frame(
     return TrainingFrame(
         X=X.drop(columns=["_t", "_base", "_h", "_scale"]),
         y=y,
-        t=meta["_t"].to_numpy(),
+        t=meta["_t"].to_numpy(dtype=np.int64),
         h=meta["_h"].to_numpy(dtype=np.float64),
         base=meta["_base"].to_numpy(dtype=object),
         scale=meta["_scale"].to_numpy(dtype=np.float64),
@@ -271,14 +272,14 @@ class FairMarginModel:
             sample_every_minutes=self.sample_every_minutes,
             cutoff=cutoff,
         )
-        t_ns = tf.t.astype("datetime64[ns]").astype(np.int64)
+        t_ns = tf.t
         first, last = t_ns.min(), t_ns.max()
         span_days = (last - first) / 86_400e9
         cal_days = min(self.calibration_fraction * span_days, self.max_calibration_days)
-        cal_start = pd.Timestamp(int(cutoff.value - cal_days * 86_400e9), tz="UTC")
-        label_end = tf.t.astype("datetime64[ns]") + (tf.h * 60e9).astype("timedelta64[ns]")
-        train = label_end <= cal_start.to_datetime64()
-        calib = tf.t.astype("datetime64[ns]") >= cal_start.to_datetime64()
+        cal_start_ns = int(pd.Timestamp(cutoff).value - cal_days * 86_400e9)
+        label_end_ns = t_ns + (tf.h * 60e9).astype(np.int64)
+        train = label_end_ns <= cal_start_ns
+        calib = t_ns >= cal_start_ns
         if train.sum() < 1000 or calib.sum() < 100:
             raise FairmarginInputError(
                 f"FairMarginModel.fit: too little history before {cutoff}: "

@@ -22,18 +22,26 @@ def _tiers(bounds):
     for venue, symbol, lims in bounds:
         for i, (lo, hi) in enumerate(lims, start=1):
             rows.append(
-                {"venue": venue, "symbol": symbol, "as_of": pd.Timestamp("2026-01-01", tz="UTC"),
-                 "tier": i, "min_notional": lo, "max_notional": hi}
+                {
+                    "venue": venue,
+                    "symbol": symbol,
+                    "as_of": pd.Timestamp("2026-01-01", tz="UTC"),
+                    "tier": i,
+                    "min_notional": lo,
+                    "max_notional": hi,
+                }
             )
     return pd.DataFrame(rows)
 
 
 def test_evaluated_notional_rules():
-    tiers = _tiers([
-        ("a", "X", [(0, 5e4), (5e4, 2.5e5), (2.5e5, np.inf)]),
-        ("b", "Y", [(0, 1e5), (1e5, 5e6)]),
-        ("c", "Z", [(0, np.inf)]),
-    ])
+    tiers = _tiers(
+        [
+            ("a", "X", [(0, 5e4), (5e4, 2.5e5), (2.5e5, np.inf)]),
+            ("b", "Y", [(0, 1e5), (1e5, 5e6)]),
+            ("c", "Z", [(0, np.inf)]),
+        ]
+    )
     got = evaluated_notional(tiers, single_tier_notional=1e6, last_tier_cap_multiple=10)
     # upper bounds; last tier min(max, 10 x min); single tier 1e6
     assert got.tolist() == [5e4, 2.5e5, 2.5e6, 1e5, 1e6, 1e6]
@@ -41,7 +49,10 @@ def test_evaluated_notional_rules():
 
 def test_liquidation_horizon_formula_and_expiry_cap():
     h = liquidation_horizon_minutes(
-        [1e6, 1e6, 1e6], [1e5, 1e5, 0.0], base_latency_minutes=15, participation=0.1,
+        [1e6, 1e6, 1e6],
+        [1e5, 1e5, 0.0],
+        base_latency_minutes=15,
+        participation=0.1,
         minutes_to_expiry=[np.nan, 60.0, np.nan],
     )
     # 15 + 1e6 / (0.1 * 1e5) = 115; capped at 60 minutes to expiry; no volume -> unknown
@@ -87,8 +98,14 @@ def test_implied_horizon_inverts_the_fair_curve(b, q0, cost, h):
 def test_implied_horizon_censoring():
     q = 0.01 * (GRID / 15.0) ** 0.5
     # far above the grid's top -> reported at the top, 'above'; below the first point -> 'below'
-    h, c = implied_horizon(GRID, q[None, :].repeat(3, 0), q[None, :].repeat(3, 0),
-                           [0.0, 0.0, 0.02], [0.0, 0.0, 0.02], [1.0, 0.005, 0.01])
+    h, c = implied_horizon(
+        GRID,
+        q[None, :].repeat(3, 0),
+        q[None, :].repeat(3, 0),
+        [0.0, 0.0, 0.02],
+        [0.0, 0.0, 0.02],
+        [1.0, 0.005, 0.01],
+    )
     assert (h[0], c[0]) == (1440.0, "above")
     # below: extrapolated with the two shortest points' power law: 0.005 = 0.01 (H/15)^0.5
     assert h[1] == pytest.approx(15.0 * 0.25)

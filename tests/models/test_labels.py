@@ -41,7 +41,9 @@ def test_adverse_moves_inverse_contract():
 
 
 def test_missing_bar_gives_nan_not_a_shorter_window():
-    bars = _bars(high=[101.0, np.nan, 102.0], low=[99.0, np.nan, 97.0], close=[100.0, np.nan, 98.0])
+    bars = _bars(
+        high=[101.0, np.nan, 102.0], low=[99.0, np.nan, 97.0], close=[100.0, np.nan, 98.0]
+    )
     lab = adverse_moves(bars, horizons_bars=[2])
     assert np.isnan(lab["long_2"].iloc[0])
 

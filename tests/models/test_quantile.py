@@ -8,7 +8,7 @@ from models.quantile import QuantileMarginRegressor
 
 @parametrize_with_checks(
     [QuantileMarginRegressor(coverage=0.9, n_estimators=5, min_child_samples=1, n_jobs=1)],
-    expected_failed_checks=lambda est: {
+    expected_failed_checks=lambda _est: {
         "check_regressors_train": "a 90 % quantile is not the mean: R^2 > 0.5 does not apply",
     },
 )
