@@ -182,7 +182,9 @@ def build_panel(
             base=c["base"],
             linear=bool(c["linear"]),
             is_future=c["type"] == "future",
-            bar_minutes=minutes,
+            bar_minutes=float(minutes),
+            high=bars["high"],
+            low=bars["low"],
             close=bars["close"],
             sigma_bar=sigma,
             sigma_ann=sigma * np.sqrt(_MINUTES_PER_YEAR / minutes),
@@ -216,6 +218,12 @@ def build_panel(
         if until is not None:
             quotes = quotes[quotes["timestamp"] <= until]
         sf = surface_features(quotes).rename(columns={"timestamp": "t", "underlying": "base"})
+        # one surface per underlying and time: the venue quoting the most options
+        sf = (
+            sf.sort_values(["base", "t", "n_quotes"])
+            .drop_duplicates(["base", "t"], keep="last")
+            .drop(columns=["venue", "n_quotes", "n_expiries"], errors="ignore")
+        )
         panel = _asof(panel, sf, by=["base"], tolerance_minutes=spec.quote_tolerance_minutes)
 
     funding = tables.get("funding_rates")

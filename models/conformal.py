@@ -103,7 +103,8 @@ def calibrate_scores(
         raise FairmarginInputError(
             f"calibrate_scores: need at least 20 finite scores, got {s.size}"
         )
-    n_ind = float(s.size if n_eff is None else max(min(n_eff, s.size), 1.0))
+    # binomial order statistics need a whole number of independent scores
+    n_ind = int(round(s.size if n_eff is None else max(min(n_eff, s.size), 1.0)))
     alpha = 1.0 - interval_level
     k_lo = stats.binom.ppf(alpha / 2, n_ind, coverage)
     k_hi = stats.binom.ppf(1 - alpha / 2, n_ind, coverage) + 1
@@ -118,6 +119,6 @@ def calibrate_scores(
         factor_lower=min(lower, factor),
         factor_upper=max(upper, factor),
         n_scores=int(s.size),
-        n_eff=n_ind,
+        n_eff=float(n_ind),
         method=method,
     )

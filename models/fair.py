@@ -60,6 +60,8 @@ _NOT_FEATURES = {
 _VOL_PREFIXES = ("rv_", "ewma_vol", "pk_", "gk_", "rs_", "yz_", "semivol", "atm_iv_")
 # Per-bar return quantities: divided by sigma_bar.
 _BAR_PREFIXES = ("var_", "es_", "ret_")
+# Quote-currency depth: relative to the trailing traded notional per minute, in logs.
+_DEPTH_PREFIXES = ("depth_", "book_slope")
 
 
 def add_labels(panel: pd.DataFrame, *, horizons_minutes: Sequence[int]) -> pd.DataFrame:
@@ -110,6 +112,7 @@ def model_matrix(
     """The model's input: scale-free features plus ``log_h`` (log horizon in minutes)."""
     sigma_ann = rows["sigma_ann"].to_numpy(dtype=np.float64)
     sigma_bar = rows["sigma_bar"].to_numpy(dtype=np.float64)
+    traded = rows["traded_notional_per_minute"].to_numpy(dtype=np.float64)
     out: dict[str, NDArray[np.float64]] = {}
     with np.errstate(divide="ignore", invalid="ignore"):
         for c in features:
@@ -118,6 +121,8 @@ def model_matrix(
                 v = v / sigma_ann
             elif c.startswith(_BAR_PREFIXES):
                 v = v / sigma_bar
+            elif c.startswith(_DEPTH_PREFIXES):
+                v = np.log1p(np.maximum(v, 0.0) / traded)
             out[c] = np.where(np.isfinite(v), v, np.nan)
         out["log_sigma_ann"] = np.log(sigma_ann)
         out["log_h"] = np.log(np.asarray(horizon_minutes, dtype=np.float64))

@@ -335,7 +335,7 @@ def flag_tiers(
         & (history >= cfg.data.min_history_days)
         & (tiers_state["sigma_bar"] > 0)
         & (tiers_state["traded_notional_per_minute"] > 0)
-    ).to_numpy()
+    ).to_numpy(dtype=bool, copy=True)
 
     notional = evaluated_notional(
         tiers_state,

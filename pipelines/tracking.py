@@ -92,10 +92,12 @@ def log_bundle_input(path: Path, tables: Mapping[str, pd.DataFrame | None], dige
                 break
         summary.append({"table": name, "rows": len(df), "columns": len(df.columns), "span": span})
     frame = pd.DataFrame(summary)
-    dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
-        frame, source=str(Path(path).resolve()), name=Path(path).name, digest=digest[:32]
-    )
-    mlflow.log_input(dataset, context="bundle")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "source can be interpreted in multiple ways"
+        dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
+            frame, source=str(Path(path).resolve()), name=Path(path).name, digest=digest[:32]
+        )
+        mlflow.log_input(dataset, context="bundle")
 
 
 def log_model(
@@ -120,7 +122,10 @@ def log_model(
     pyfunc = FairMarginPyfunc(model, cfg)
     example = example[[*input_columns(model), "published_initial_margin_rate"]].head(5)
     example = example.reset_index(drop=True)
-    signature = infer_signature(example, pyfunc.predict(None, example))
+    example = example.astype({c: "float64" for c in example.columns})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        signature = infer_signature(example, pyfunc.predict(None, example))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         info = mlflow.pyfunc.log_model(

@@ -52,3 +52,11 @@ def test_bad_inputs():
         calibrate_scores([1.0, 2.0], coverage=0.99)
     with pytest.raises(FairmarginInputError, match=r"coverage must be in \(0.5, 1\)"):
         calibrate_scores(np.ones(50), coverage=1.5)
+
+
+def test_fractional_n_eff_gives_finite_bounds():
+    # the model passes n_eff as a float (calibration days x groups / horizon)
+    s = np.random.default_rng(5).standard_normal(3000)
+    c = calibrate_scores(s, coverage=0.99, n_eff=77.4)
+    assert np.isfinite([c.factor_lower, c.factor_upper]).all()
+    assert c.factor_lower < c.factor < c.factor_upper

@@ -38,6 +38,7 @@ def _panel(days=60, seed=0):
                     "close": p[:, -1],
                     "sigma_bar": sigma_bar,
                     "sigma_ann": sigma_bar * np.sqrt(MIN_PER_YEAR / 5),
+                    "traded_notional_per_minute": 1e5,
                     "rv_1d": pd.Series(r).rolling(288).std().to_numpy()
                     * np.sqrt(MIN_PER_YEAR / 5),
                 }
