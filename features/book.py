@@ -152,6 +152,7 @@ class _SidePrep(NamedTuple):
     n_levels: NDArray[np.intp]
     cum_notional: NDArray[np.float64]  # quote notional through level j - 1
     cum_base: NDArray[np.float64]  # base amount through level j - 1
+    complete: bool  # every row has all L levels: no NaN handling needed
 
 
 def _nan_to(x: NDArray[np.float64], value: float | NDArray[np.float64]) -> NDArray[np.float64]:
@@ -162,12 +163,18 @@ def _nan_to(x: NDArray[np.float64], value: float | NDArray[np.float64]) -> NDArr
 
 def _side_prep(px: NDArray[np.float64], amt: NDArray[np.float64]) -> _SidePrep:
     n, width = px.shape
-    n_levels = np.count_nonzero(~np.isnan(px), axis=1)
+    missing = np.isnan(px)
+    complete = not missing.any()
+    n_levels = np.full(n, width) if complete else width - np.count_nonzero(missing, axis=1)
     cum_notional = np.zeros((n, width + 1))
-    np.cumsum(_nan_to(px * amt, 0.0), axis=1, out=cum_notional[:, 1:])
     cum_base = np.zeros((n, width + 1))
-    np.cumsum(_nan_to(np.array(amt), 0.0), axis=1, out=cum_base[:, 1:])
-    return _SidePrep(n_levels, cum_notional, cum_base)
+    if complete:
+        np.cumsum(px * amt, axis=1, out=cum_notional[:, 1:])
+        np.cumsum(amt, axis=1, out=cum_base[:, 1:])
+    else:
+        np.cumsum(_nan_to(px * amt, 0.0), axis=1, out=cum_notional[:, 1:])
+        np.cumsum(_nan_to(np.array(amt), 0.0), axis=1, out=cum_base[:, 1:])
+    return _SidePrep(n_levels, cum_notional, cum_base, complete)
 
 
 def _walk_side(
@@ -196,10 +203,12 @@ def _walk_side(
     fill_px = np.empty((n, width + 1))
     fill_px[:, :width] = px
     fill_px[:, width] = beyond
-    _nan_to(fill_px, beyond[:, None])
     # Cumulative notional per level, +inf past the displayed depth (never wholly consumed).
-    cum_search = np.array(prep.cum_notional[:, 1:])
-    np.copyto(cum_search, np.inf, where=np.isnan(px))
+    cum_search = prep.cum_notional[:, 1:]
+    if not prep.complete:
+        _nan_to(fill_px, beyond[:, None])
+        cum_search = np.array(cum_search)
+        np.copyto(cum_search, np.inf, where=np.isnan(px))
     out = np.empty((n, k))
     with np.errstate(divide="ignore", invalid="ignore"):
         for c in range(k):
@@ -420,7 +429,7 @@ def _features_block(
             prep.cum_notional[rows, np.count_nonzero(dist_bp <= d * (1.0 + _BP_TOL), axis=1)]
             for d in depth_bps
         ]
-        x = _nan_to(dist_bp, 0.0)
+        x = dist_bp if prep.complete and not np.isnan(mid).any() else _nan_to(dist_bp, 0.0)
         sxx = np.einsum("ij,ij->i", x, x)
         sxy = np.einsum("ij,ij->i", x, prep.cum_notional[:, 1:])
         with np.errstate(divide="ignore", invalid="ignore"):

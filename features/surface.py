@@ -15,7 +15,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,8 @@ _SECONDS_PER_YEAR = 365.0 * 86400.0
 # N^-1(0.75): |d1| of a 25-delta option.
 _Z25 = float(special.ndtri(0.75))
 _MIN_FIT_POINTS = {"quadratic": 5, "svi": 7}
+# Sort keys are packed into one int64 while the product of their cardinalities stays below.
+_PACK_LIMIT = 2**62
 
 OPTION_QUOTE_COLUMNS = (
     "venue",
@@ -256,14 +258,15 @@ def _check_quotes(q: pd.DataFrame, *, who: str) -> None:
         if not good.all():
             row = int(np.argmin(good))
             raise FairmarginInputError(
-                f"{who}: option_quotes row {row}: {name} must be finite and > 0, got {v[row]!r}"
+                f"{who}: option_quotes row {row}: {name} must be finite and > 0, "
+                f"got {float(v[row])!r}"
             )
     iv = q["mark_iv"].to_numpy(dtype=np.float64)
     if (iv > 5).any():
         row = int(np.argmax(iv > 5))
         raise FairmarginInputError(
             f"{who}: option_quotes row {row}: mark_iv must be an annualised fraction (<= 5), "
-            f"got {iv[row]!r}; divide percent quotes (Deribit, tardis) by 100"
+            f"got {float(iv[row])!r}; divide percent quotes (Deribit, tardis) by 100"
         )
     ok_type = np.asarray(q["option_type"].isin(["call", "put"]), dtype=bool)
     if not ok_type.all():
@@ -347,6 +350,61 @@ def _term_interp(
     only_lo = has_lo & ~has_hi
     out[only_lo] = v[lo[only_lo]]
     return out
+
+
+def _epoch_ns(ts: pd.Series) -> NDArray[np.int64]:
+    """Nanoseconds since the epoch of a datetime64 column of any unit."""
+    unit = str(ts.dt.unit)
+    factor = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[unit]
+    return np.asarray(ts.array.asi8, dtype=np.int64) * factor
+
+
+def _sorted_codes(values: pd.Series | NDArray[Any]) -> NDArray[np.int64]:
+    """Integer codes whose order is the order of the values (hash factorise, rank uniques)."""
+    codes, uniques = pd.factorize(values)
+    rank = np.empty(len(uniques), dtype=np.int64)
+    rank[np.argsort(np.asarray(uniques), kind="stable")] = np.arange(len(uniques))
+    return rank[codes]
+
+
+def _sort_quotes(
+    q: pd.DataFrame,
+    ts_ns: NDArray[np.int64],
+    ex_ns: NDArray[np.int64],
+    strike: NDArray[np.float64],
+    is_call: NDArray[np.bool_],
+) -> tuple[NDArray[np.intp], NDArray[np.int64], NDArray[np.int64]]:
+    """Order by (venue, underlying, timestamp, expiry, strike, type) and group keys.
+
+    Each key is factorised to sorted codes and the codes are packed into one int64, sorted
+    with a single argsort (much faster than a 6-key lexsort on millions of rows). Returns the
+    order and, per sorted row, a snapshot key and an (snapshot, expiry) key, both increasing.
+    """
+    codes = [
+        _sorted_codes(q["venue"]),
+        _sorted_codes(q["underlying"]),
+        _sorted_codes(ts_ns),
+        _sorted_codes(ex_ns),
+        _sorted_codes(strike),
+        is_call.astype(np.int64),
+    ]
+    sizes = [int(c.max()) + 1 if c.size else 1 for c in codes[:-1]] + [2]
+    if math.prod(sizes) >= _PACK_LIMIT:  # cannot pack into an int64: the general path
+        order = np.lexsort(tuple(reversed(codes)))
+        packed = [c[order].astype(np.int64) for c in codes]
+        snap = (packed[0] * sizes[1] + packed[1]) * sizes[2] + packed[2]
+        # The expiry key must stay increasing within the sorted order: rank the pairs.
+        pair = np.ones(order.size, dtype=bool)
+        pair[1:] = (snap[1:] != snap[:-1]) | (packed[3][1:] != packed[3][:-1])
+        return order, snap, np.cumsum(pair) - 1
+    key = np.zeros(len(q), dtype=np.int64)
+    for c, size in zip(codes, sizes, strict=True):
+        key *= size
+        key += c
+    order = np.argsort(key)
+    tail = sizes[4] * sizes[5]
+    eg_key = key[order] // tail
+    return order, eg_key // sizes[3], eg_key
 
 
 def surface_features(
@@ -443,19 +501,13 @@ def surface_features(
     _check_quotes(option_quotes, who=who)
 
     q = option_quotes
-    vcode = pd.factorize(q["venue"], sort=True)[0]
-    ucode = pd.factorize(q["underlying"], sort=True)[0]
-    ts_int = np.asarray(q["timestamp"].array.asi8)
-    seconds = (q["expiry"] - q["timestamp"]).dt.total_seconds()
-    years_all = np.asarray(seconds.to_numpy(dtype=np.float64) / _SECONDS_PER_YEAR, np.float64)
-    ex_int = np.asarray(q["expiry"].array.asi8)
+    ts_ns, ex_ns = _epoch_ns(q["timestamp"]), _epoch_ns(q["expiry"])
+    years_all = np.asarray((ex_ns - ts_ns) / (1e9 * _SECONDS_PER_YEAR), dtype=np.float64)
     strike_all = q["strike"].to_numpy(dtype=np.float64)
     is_call_all = np.asarray(q["option_type"] == "call", dtype=bool)
-
-    order = np.lexsort((is_call_all, strike_all, ex_int, ts_int, ucode, vcode))
-    v_s, u_s, t_s = vcode[order], ucode[order], ts_int[order]
+    order, snap_sorted, eg_sorted = _sort_quotes(q, ts_ns, ex_ns, strike_all, is_call_all)
     new_snap = np.ones(len(order), dtype=bool)
-    new_snap[1:] = (v_s[1:] != v_s[:-1]) | (u_s[1:] != u_s[:-1]) | (t_s[1:] != t_s[:-1])
+    new_snap[1:] = snap_sorted[1:] != snap_sorted[:-1]
     snap_all = np.cumsum(new_snap) - 1
     n_snap = int(snap_all[-1]) + 1 if len(order) else 0
     keys = q[["venue", "underlying", "timestamp"]].iloc[order[new_snap]].reset_index(drop=True)
@@ -469,14 +521,14 @@ def surface_features(
     years = years_sorted[use]
     strike = strike_all[rows]
     is_call = is_call_all[rows]
-    ex = ex_int[rows]
+    ex = eg_sorted[use]
     iv = q["mark_iv"].to_numpy(dtype=np.float64)[rows]
     under = q["underlying_price"].to_numpy(dtype=np.float64)[rows]
 
     # Expiry groups (snapshot, expiry), in sorted order.
     n = len(rows)
     new_eg = np.ones(n, dtype=bool)
-    new_eg[1:] = (snap[1:] != snap[:-1]) | (ex[1:] != ex[:-1])
+    new_eg[1:] = ex[1:] != ex[:-1]
     eg = np.cumsum(new_eg) - 1
     n_eg = int(eg[-1]) + 1 if n else 0
     dup = (eg[1:] == eg[:-1]) & (strike[1:] == strike[:-1])
@@ -598,8 +650,15 @@ def _quadratic_rmse(
     """
     g, zz, ww = eg[band], z[band], w[band]
     cnt = np.bincount(g, minlength=n_eg).astype(np.float64)
-    m = [np.bincount(g, weights=zz**p, minlength=n_eg) for p in range(5)]
-    r = [np.bincount(g, weights=ww * zz**p, minlength=n_eg) for p in range(3)]
+    z2 = zz * zz
+    m = [
+        cnt,
+        np.bincount(g, weights=zz, minlength=n_eg),
+        np.bincount(g, weights=z2, minlength=n_eg),
+        np.bincount(g, weights=z2 * zz, minlength=n_eg),
+        np.bincount(g, weights=z2 * z2, minlength=n_eg),
+    ]
+    r = [np.bincount(g, weights=ww * p, minlength=n_eg) for p in (1.0, zz, z2)]
     a = np.empty((n_eg, 3, 3))
     for i in range(3):
         for j in range(3):
@@ -612,8 +671,7 @@ def _quadratic_rmse(
     a[~ok] = np.eye(3)
     rhs[~ok] = 0.0
     coef = np.linalg.solve(a, rhs[:, :, None])[:, :, 0]
-    c = coef[g]
-    fitted = c[:, 0] + c[:, 1] * zz + c[:, 2] * zz * zz
+    fitted = coef[g, 0] + coef[g, 1] * zz + coef[g, 2] * z2
     iv_fit = np.sqrt(np.maximum(fitted, 0.0) / years[band])
     sse = np.bincount(g, weights=(iv_fit - iv[band]) ** 2, minlength=n_eg)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -104,7 +104,7 @@ def calibrate_scores(
             f"calibrate_scores: need at least 20 finite scores, got {s.size}"
         )
     # binomial order statistics need a whole number of independent scores
-    n_ind = int(round(s.size if n_eff is None else max(min(n_eff, s.size), 1.0)))
+    n_ind = round(s.size if n_eff is None else max(min(n_eff, s.size), 1.0))
     alpha = 1.0 - interval_level
     k_lo = stats.binom.ppf(alpha / 2, n_ind, coverage)
     k_hi = stats.binom.ppf(1 - alpha / 2, n_ind, coverage) + 1

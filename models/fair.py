@@ -222,9 +222,22 @@ class QuantileGrid:
     def at(
         self, side: str, horizon: NDArray[np.float64], which: str = "quantile"
     ) -> NDArray[np.float64]:
-        """Power-law interpolation of one side's quantile (or bound) at per-row horizons."""
-        table = {"quantile": self.quantile, "lower": self.lower, "upper": self.upper}[which]
-        return interpolate_power_law(self.horizons, table[side], horizon)
+        """One side's quantile (power law in H between grid points) or bound at per-row
+        horizons. A bound is the quantile times its ratio to it, linear in log H between grid
+        points and held flat outside the grid, so lower <= quantile <= upper everywhere."""
+        q = interpolate_power_law(self.horizons, self.quantile[side], horizon)
+        if which == "quantile":
+            return q
+        table = {"lower": self.lower, "upper": self.upper}[which][side]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = table / self.quantile[side]
+        lh = np.log(self.horizons)
+        h = np.maximum(np.asarray(horizon, dtype=np.float64), 1e-9)
+        x = np.clip(np.log(h), lh[0], lh[-1])
+        seg = np.clip(np.searchsorted(lh, x, side="right") - 1, 0, lh.size - 2)
+        rows = np.arange(x.size)
+        w = (x - lh[seg]) / (lh[seg + 1] - lh[seg])
+        return q * (ratio[rows, seg] * (1 - w) + ratio[rows, seg + 1] * w)
 
 
 @dataclass

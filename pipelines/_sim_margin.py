@@ -255,28 +255,32 @@ def plant_deviations(
     the planted share is within 0.05 of ``share``, every venue has a planted tier (both
     directions when it has >= 4 tiers) and every underlying has both directions.
     """
-    last: list[tuple[list[str], FloatArray]] = []
+    best: list[tuple[list[str], FloatArray]] = []
+    best_faults = -1
     for _ in range(attempts):
         out = [
             plant_schedule(f, share=share, p_under=VENUES[v].p_under, rng=rng)
             for f, v in zip(fairs, venues, strict=True)
         ]
-        last = out
         if share <= 0:
             return out
         n_tot = sum(len(c) for c, _ in out)
         n_pl = sum(sum(x != "inline" for x in c) for c, _ in out)
-        ok = n_tot < 20 or abs(n_pl / n_tot - share) <= 0.05
+        faults = int(n_tot >= 20 and abs(n_pl / n_tot - share) > 0.05)
         for group in (venues, underlyings):
-            for key in set(group):
+            for key in sorted(set(group)):
                 cls = [x for (c, _), g in zip(out, group, strict=True) if g == key for x in c]
                 both_needed = group is underlyings or len(cls) >= 4
                 has_u, has_o = "under" in cls, "over" in cls
-                if (both_needed and not (has_u and has_o)) or not (has_u or has_o):
-                    ok = False
-        if ok:
+                faults += int(not (has_u or has_o))
+                faults += int(both_needed and not (has_u and has_o))
+        if faults == 0:
             return out
+        if best_faults < 0 or faults < best_faults:
+            best, best_faults = out, faults
     logger.warning(
-        "plant_deviations: spread rules not met after %d draws; keeping the last", attempts
+        "plant_deviations: %d spread rule(s) still broken after %d draws; keeping the best draw",
+        best_faults,
+        attempts,
     )
-    return last
+    return best

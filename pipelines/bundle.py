@@ -119,11 +119,15 @@ def _table_files(folder: Path) -> dict[str, tuple[Path, Literal["parquet", "csv"
     return found
 
 
-def _read_file(path: Path, fmt: Literal["parquet", "csv"]) -> pd.DataFrame:
+def _read_file(path: Path, fmt: Literal["parquet", "csv"], name: str) -> pd.DataFrame:
+    """Read one table file; CSV columns of the contract's str kind are read as text, the others
+    are inferred by pandas and parsed further by ``coerce_table``."""
     try:
         if fmt == "parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(path, dtype=str, keep_default_na=True)
+        spec = TABLES[name]
+        text = {c: "str" for c, cs in spec.column_specs(spec.optional).items() if cs.kind == "str"}
+        return pd.read_csv(path, dtype=text, keep_default_na=True)
     except (OSError, ValueError, UnicodeDecodeError, pa.ArrowException) as exc:
         detail = " ".join(str(exc).split())
         raise FairmarginInputError(
@@ -192,7 +196,7 @@ def read_bundle(
         if name not in wanted or name not in files:
             continue
         file, fmt = files[name]
-        df = coerce_table(name, _read_file(file, fmt), fmt=fmt, source=str(file))
+        df = coerce_table(name, _read_file(file, fmt, name), fmt=fmt, source=str(file))
         ok, bad = validate_table(name, df, tables=good, source=str(file))
         if not bad.empty:
             if not quarantine:

@@ -431,6 +431,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # MLflow logs database set-up and registry chatter at INFO: keep the terminal for our lines
+    logging.getLogger("mlflow").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -19,13 +19,15 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from numpy.typing import NDArray
 
-from features._checks import FairmarginInputError
+from features._checks import FairmarginInputError, require_columns
 
 __all__ = [
     "OPTIONAL_TABLES",
@@ -373,7 +375,7 @@ def _all_null(s: pd.Series) -> bool:
     return bool(s.isna().all())
 
 
-def _wrong_dtype(who: str, col: str, want: str, s: pd.Series, hint: str = "") -> None:
+def _wrong_dtype(who: str, col: str, want: str, s: pd.Series, hint: str = "") -> NoReturn:
     raise BundleValidationError(
         f"{who}: column {col} must be {want}, got dtype {s.dtype}{hint} "
         "(a table error: it cannot be quarantined)"
@@ -401,7 +403,6 @@ def _coerce_str(s: pd.Series, *, fmt: Fmt, who: str, col: str) -> pd.Series:
     if fmt == "csv":
         return s.astype(_STR)
     _wrong_dtype(who, col, "str", s)
-    raise AssertionError  # unreachable
 
 
 def _coerce_bool(
@@ -428,7 +429,6 @@ def _coerce_bool(
         bad = s.notna() & ~pd.Series(is_t | is_f, index=s.index)
         return out, _why(s, bad, f"{col} must be true or false")
     _wrong_dtype(who, col, "bool", s)
-    raise AssertionError  # unreachable
 
 
 def _coerce_int(
@@ -530,13 +530,17 @@ def _coerce_ts(
         return _to_ns(s.dt.tz_localize("UTC"), s, col, None)
     if fmt == "parquet":
         _wrong_dtype(who, col, "a timezone-aware UTC timestamp", s)
-    num = _to_number(s)
-    is_num = num.notna()
-    ms = pd.to_datetime(num.where(is_num), unit="ms", utc=True, errors="coerce")
-    iso = pd.to_datetime(
-        s.astype(_STR).where(~is_num), utc=True, format="ISO8601", errors="coerce"
-    )
-    parsed = ms.where(is_num, iso)
+    known = s.notna().to_numpy(dtype=bool)
+    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        num, is_num, text = s, known, None
+    else:  # numbers (milliseconds) among the text are parsed as such, the rest as ISO-8601
+        text = s.astype(_STR).str.strip()
+        is_num = _b(text.str.fullmatch(r"[+-]?[0-9]+(?:\.[0-9]*)?"))
+        num = pd.to_numeric(text.where(is_num), errors="coerce")
+    parts = [pd.to_datetime(num[is_num], unit="ms", utc=True, errors="coerce")]
+    if text is not None and (iso := known & ~is_num).any():
+        parts.append(pd.to_datetime(text[iso], utc=True, format="ISO8601", errors="coerce"))
+    parsed = pd.concat(parts).reindex(s.index)
     why = _why(
         s,
         s.notna() & parsed.isna(),
@@ -575,7 +579,7 @@ class _Findings:
     def __init__(self, n: int) -> None:
         self.n = n
         self.rows: list[IntArray] = []
-        self.msgs: list[NDArray[Any]] = []
+        self.msgs: list[pd.Series] = []
         self.primary = np.zeros(n, dtype=bool)  # bad by their own values: break their group
         self.extra_copy = np.zeros(n, dtype=bool)  # exact duplicates: the first copy stays
 
@@ -583,10 +587,7 @@ class _Findings:
         rows = np.flatnonzero(mask)
         if rows.size == 0:
             return
-        if isinstance(rule, str):
-            msgs = np.full(rows.size, rule, dtype=object)
-        else:
-            msgs = np.asarray(rule(rows), dtype=object)
+        msgs = _text(rule, rows.size) if isinstance(rule, str) else _text(rule(rows))
         self.rows.append(rows)
         self.msgs.append(msgs)
         if primary:
@@ -601,20 +602,22 @@ class _Findings:
             out[rows] = True
         return out
 
-    def collect(self) -> tuple[IntArray, NDArray[Any]]:
+    def collect(self) -> tuple[IntArray, pd.Series]:
         """Bad rows ascending and their rules joined with '; ' in the order they were added."""
-        if not self.rows:
-            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=object)
-        rows = np.concatenate(self.rows)
-        msgs = np.concatenate(self.msgs)
-        order = np.argsort(rows, kind="stable")
-        rows, msgs = rows[order], msgs[order]
-        uniq, start, counts = np.unique(rows, return_index=True, return_counts=True)
-        rules = msgs[start].copy()
-        for i in np.flatnonzero(counts > 1):  # only rows breaking several rules
-            parts = msgs[start[i] : start[i] + counts[i]]
-            rules[i] = "; ".join(dict.fromkeys(str(p) for p in parts))
-        return uniq, rules
+        rows_bad = np.flatnonzero(self.bad)
+        if rows_bad.size == 0:
+            return rows_bad, pd.Series([], dtype=_STR)
+        at = np.full(self.n, -1, dtype=np.int64)
+        at[rows_bad] = np.arange(rows_bad.size)
+        columns = []
+        for rows, msgs in zip(self.rows, self.msgs, strict=True):  # one column per rule
+            idx = np.full(rows_bad.size, -1, dtype=np.int64)
+            idx[at[rows]] = np.arange(rows.size)
+            texts = pa.array(msgs).cast(pa.large_string())
+            columns.append(pc.take(texts, pa.array(idx, mask=idx < 0)))
+        sep = pa.scalar("; ", pa.large_string())
+        joined = pc.binary_join_element_wise(*columns, sep, null_handling="skip")
+        return rows_bad, _text(joined.to_pandas())
 
 
 def _b(values: Any) -> BoolArray:
@@ -627,46 +630,84 @@ def _f(s: pd.Series) -> NDArray[np.float64]:
     return s.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _cat(*parts: Any) -> NDArray[Any]:
-    """Element-wise string concatenation of str scalars and arrays."""
+def _text(x: Any, size: int = 0) -> pd.Series:
+    """A ``str`` Series with a RangeIndex from a Series, an array, or a str repeated ``size``."""
+    if isinstance(x, str):
+        return pd.Series(x, index=pd.RangeIndex(size), dtype=_STR)
+    if isinstance(x, pd.Series):
+        x = x.reset_index(drop=True)
+        return x if x.dtype == _STR else x.astype(_STR)
+    return pd.Series(np.asarray(x).astype(str), dtype=_STR)
+
+
+def _cat(*parts: Any) -> pd.Series:
+    """Element-wise concatenation of str scalars and string Series or arrays (one at least)."""
     out: Any = ""
     for p in parts:
-        out = np.strings.add(out, p if isinstance(p, str) else np.asarray(p, dtype=np.str_))
-    return np.asarray(out)
+        out = out + (p if isinstance(p, str) else _text(p))
+    assert isinstance(out, pd.Series)
+    return out
 
 
-def _show(s: pd.Series, rows: IntArray) -> NDArray[np.str_]:
-    """Values of ``s`` at ``rows`` as short strings for messages."""
-    v = s.iloc[rows]
-    if isinstance(v.dtype, pd.DatetimeTZDtype):
-        return _iso(v)
-    if pd.api.types.is_bool_dtype(v.dtype):
-        return np.asarray(v.map({True: "true", False: "false"}).fillna("null"), dtype=np.str_)
-    if pd.api.types.is_numeric_dtype(v.dtype):
-        arr = v.to_numpy(dtype=np.float64, na_value=np.nan)
-        out = np.asarray(np.strings.mod("%.10g", arr), dtype=np.str_)
-        return np.where(np.isnan(arr), "null", out)
-    text = v.astype(_STR).str.slice(0, 60).str.replace("\n", "\\n", regex=False)
-    return np.asarray(("'" + text + "'").fillna("null"), dtype=np.str_)
+def _round_sig(values: NDArray[np.float64], digits: int = 10) -> NDArray[np.float64]:
+    """Round to ``digits`` significant digits (so -0.20000000000000007 reads -0.2)."""
+    a = np.asarray(values, dtype=np.float64)
+    out = a.copy()
+    ok = np.isfinite(a) & (a != 0)
+    mag = np.floor(np.log10(np.abs(np.where(ok, a, 1.0))))
+    shift = digits - 1 - mag
+    up = ok & (shift >= 0) & (shift <= 300)
+    down = ok & (shift < 0)
+    scale = 10.0 ** shift[up]
+    out[up] = np.round(a[up] * scale) / scale
+    scale = 10.0 ** -shift[down]
+    out[down] = np.round(a[down] / scale) * scale
+    return out
 
 
-def _iso(v: pd.Series) -> NDArray[np.str_]:
-    naive = v.dt.tz_convert(None).to_numpy()
-    frac = bool((((v.dt.microsecond != 0) | (v.dt.nanosecond != 0)) & v.notna()).any())
-    out = np.datetime_as_string(naive, unit="auto" if frac else "s")
-    return np.where(np.isnat(naive), "NaT", np.strings.add(out, "Z"))
+def _num(values: NDArray[np.float64]) -> pd.Series:
+    """Numbers to 10 significant digits, shortest text ('-5', '250000', '0.0125', 'inf')."""
+    arr = pa.array(_round_sig(values), from_pandas=True)
+    return _text(pc.cast(arr, pa.string()).to_pandas()).fillna("null")
 
 
-def _render_key(df: pd.DataFrame, key: tuple[str, ...], rows: IntArray) -> NDArray[Any]:
+def _formatted(u: pd.Series, *, quote: bool) -> pd.Series:
+    """Distinct non-null values as text."""
+    if isinstance(u.dtype, pd.DatetimeTZDtype):
+        naive = u.dt.tz_convert(None).to_numpy()
+        frac = bool(((u.dt.microsecond != 0) | (u.dt.nanosecond != 0)).any())
+        iso = np.datetime_as_string(naive, unit="auto" if frac else "s")
+        return _text(iso) + "Z"
+    if pd.api.types.is_bool_dtype(u.dtype):
+        return _text(np.where(u.to_numpy(dtype=bool), "true", "false"))
+    if pd.api.types.is_numeric_dtype(u.dtype):
+        return _num(u.to_numpy(dtype=np.float64, na_value=np.nan))
+    text = u.astype(_STR).str.slice(0, 60).str.replace("\n", "\\n", regex=False)
+    return "'" + text + "'" if quote else text
+
+
+def _show(s: pd.Series, rows: IntArray, *, quote: bool = True) -> pd.Series:
+    """Values of ``s`` at ``rows`` as short strings for messages (nulls as 'null').
+
+    Each distinct value is formatted once (keys repeat a lot).
+    """
+    codes, uniq = pd.factorize(s.iloc[rows], use_na_sentinel=True)
+    shown = pd.concat(
+        [_formatted(pd.Series(uniq), quote=quote), _text("null", 1)], ignore_index=True
+    )
+    return shown.take(np.where(codes < 0, len(uniq), codes)).reset_index(drop=True)
+
+
+def _render_key(df: pd.DataFrame, key: tuple[str, ...], rows: IntArray) -> pd.Series:
+    if rows.size == 0:
+        return pd.Series([], dtype=_STR)
     parts: list[Any] = []
     for i, k in enumerate(key):
-        shown = _show(df[k], rows)
+        shown = _show(df[k], rows, quote=False)
         if pd.api.types.is_integer_dtype(df[k].dtype):
-            shown = np.strings.add(f"{k} ", shown)
-        elif shown.size and not isinstance(df[k].dtype, pd.DatetimeTZDtype):
-            shown = np.strings.strip(shown, "'")
+            shown = f"{k} " + shown
         parts.extend([", " if i else "", shown])
-    return _cat(*parts) if parts else np.zeros(len(rows), dtype=object)
+    return _cat(*parts)
 
 
 class _Codes:
@@ -718,6 +759,11 @@ def _list_rows(rows: NDArray[Any]) -> str:
     shown = ", ".join(str(int(r)) for r in rows[:_MAX_LISTED])
     more = ", ..." if len(rows) > _MAX_LISTED else ""
     return f"row {shown}" if len(rows) == 1 else f"rows {shown}{more}"
+
+
+def _mapped(codes: NDArray[np.int64], texts: Mapping[int, str]) -> pd.Series:
+    """The text of each code."""
+    return _text(pd.Series(codes).map(texts))
 
 
 def _rows_by_group(group: NDArray[np.int64], rows: IntArray) -> dict[int, str]:
@@ -823,10 +869,10 @@ def validate_table(
     rows, rules = f.collect()
     bad_rows = pd.DataFrame(
         {
-            "table": pd.Series([name] * len(rows), dtype=_STR),
+            "table": _text(name, len(rows)),
             "row": rows.astype(np.int64),
-            "key": pd.Series(_render_key(df, spec.key, rows), dtype=_STR),
-            "rule": pd.Series(rules, dtype=_STR),
+            "key": _render_key(df, spec.key, rows),
+            "rule": rules,
         }
     )
     good = df[list(specs)].take(order[~f.bad[order]]).reset_index(drop=True)
@@ -840,7 +886,7 @@ def validate_table(
 
 def _texts(texts: pd.Series) -> Messages:
     """Messages taken from a column of texts."""
-    return lambda r: texts.iloc[r].to_numpy(dtype=object)
+    return lambda r: texts.iloc[r]
 
 
 def _with_value(text: str, s: pd.Series) -> Messages:
@@ -964,7 +1010,7 @@ def _rules_ohlcv(f: _Findings, df: pd.DataFrame) -> None:
     o, h, lo, cl = (_f(df[k]) for k in ("open", "high", "low", "close"))
     known = ~(np.isnan(o) | np.isnan(h) | np.isnan(lo) | np.isnan(cl))
 
-    def ohlc(r: IntArray) -> NDArray[Any]:
+    def ohlc(r: IntArray) -> pd.Series:
         return _cat(
             ", got open ",
             _show(df["open"], r),
@@ -1095,9 +1141,8 @@ def _key_rules(
         names = ", ".join(key)
         f.add(
             cmask,
-            lambda r: np.array(
-                [f"duplicate key ({names}) with other values ({listed[int(g)]})" for g in kc[r]],
-                dtype=object,
+            lambda r: _cat(
+                f"duplicate key ({names}) with other values (", _mapped(kc[r], listed), ")"
             ),
         )
     same = ~conflict
@@ -1151,7 +1196,7 @@ def _schedule_rules(
     close = np.isclose(lo[cur], hi[prv], rtol=_CONTIG_TOL, atol=_CONTIG_TOL)
     gap = mark(both & ~close)
 
-    def contiguity(r: IntArray) -> NDArray[Any]:
+    def contiguity(r: IntArray) -> pd.Series:
         p = prev_of[r]
         kind = np.where(lo[r] > hi[p], " (a gap)", " (an overlap)")
         return _cat(
@@ -1182,9 +1227,9 @@ def _schedule_rules(
         def falls(r: IntArray, values: NDArray[np.float64] = values, label: str = label) -> Any:
             return _cat(
                 f"{label} must not fall as tier rises, got ",
-                np.strings.mod("%.10g", values[r]),
+                _num(values[r]),
                 " after ",
-                np.strings.mod("%.10g", values[prev_of[r]]),
+                _num(values[prev_of[r]]),
                 " at row ",
                 prev_of[r].astype(str),
             )
@@ -1219,7 +1264,7 @@ def _book_rules(
     bad = np.zeros(n, dtype=bool)
     bad[cur[wrong]] = True
 
-    def order_msg(r: IntArray) -> NDArray[Any]:
+    def order_msg(r: IntArray) -> pd.Series:
         p = prev_of[r]
         return _cat(
             np.where(is_ask[r], "ask price must rise", "bid price must fall"),
@@ -1284,7 +1329,7 @@ def _spread(f: _Findings, gid: NDArray[np.int64], what: str) -> None:
     others[others] = broken[gid[others]]
     f.add(
         others,
-        lambda r: np.array([f"{what} ({listed[int(g)]})" for g in gid[r]], dtype=object),
+        lambda r: _cat(f"{what} (", _mapped(gid[r], listed), ")"),
     )
 
 
@@ -1293,7 +1338,9 @@ def _truth_vs_tiers(
 ) -> None:
     """truth covers, at the latest as_of of each (venue, symbol), every tier of the schedule."""
     key = ["venue", "symbol", "as_of", "tier"]
-    t = tiers[[*key, "initial_margin_rate", "max_leverage"]].drop_duplicates(key)
+    need = [*key, "initial_margin_rate", "max_leverage"]
+    require_columns(tiers, need, who=f"truth ({src}): tables['margin_tiers']")
+    t = tiers[need].drop_duplicates(key)
     t = t.assign(_published=_effective_initial(t), _in_tiers=True)
     truth = df[key].assign(_row=np.arange(len(df)))
     m = truth.merge(t[[*key, "_published", "_in_tiers"]], on=key, how="left", sort=False)
@@ -1333,7 +1380,7 @@ def _truth_vs_tiers(
         mismatch,
         lambda r: _cat(
             "planted_deviation must equal published / fair - 1 = ",
-            np.strings.mod("%.10g", want[r]),
+            _num(want[r]),
             ", got ",
             _show(df["planted_deviation"], r),
         ),
@@ -1365,13 +1412,9 @@ def _truth_vs_tiers(
     lack = truth.merge(
         missing_tiers.rename("_lack").reset_index(), on=sched, how="left", sort=False
     ).sort_values("_row", kind="stable")["_lack"]
-    lack_arr = lack.to_numpy(dtype=object)
     f.add(
         valid & lack.notna().to_numpy(dtype=bool),
-        lambda r: np.array(
-            [f"truth of this schedule is incomplete: no row for tier(s) {x}" for x in lack_arr[r]],
-            dtype=object,
-        ),
+        lambda r: _cat("truth of this schedule is incomplete: no row for tier(s) ", lack.iloc[r]),
     )
 
 

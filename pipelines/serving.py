@@ -38,7 +38,7 @@ OUTPUT_COLUMNS = [
 
 def input_columns(model: FairMarginModel) -> list[str]:
     """The columns the pyfunc reads, in order."""
-    return [*model.features_, *STATE_COLUMNS, *POSITION_COLUMNS]
+    return list(dict.fromkeys([*model.features_, *STATE_COLUMNS, *POSITION_COLUMNS]))
 
 
 class FairMarginPyfunc(PythonModel):

@@ -13,8 +13,10 @@ The market (METHOD.md, "The simulator"):
   calm/stressed Markov regime that scales volatility and jump rates, cross-asset correlation
   through a common factor (:mod:`pipelines._sim_paths`);
 * contracts = index x exp(basis), the basis a few-bp mean-reverting process redrawn every five
-  minutes (futures: a carry that converges to 0 at expiry); bars aggregate the one-minute marks;
-  volume rises with volatility and venue size; books thin and widen with volatility;
+  minutes (futures add a 5-10 %-a-year carry times the time to expiry, and the noise fades over
+  the last week, so their basis converges to 0 at expiry); bars aggregate the one-minute marks;
+  volume rises with volatility and venue size; books thin and widen with volatility; options
+  (deribit, BTC and ETH) are quoted hourly on a surface driven by the conditional volatility;
 * margin policies: ``static`` (fixed brackets and rates), ``vol_scaled`` (weekly, from 7-day
   realised vol) and ``lagging`` (daily checks on a 3-day-old 7-day vol, published only on a
   change > 25 %); every schedule is republished at the last bar close with rates planted from
@@ -24,8 +26,8 @@ The market (METHOD.md, "The simulator"):
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -609,6 +609,25 @@ def validate(name: str, df: pd.DataFrame, *, source: str) -> tuple[pd.DataFrame,
             work[c] = pd.to_numeric(work[c], errors="coerce").astype(_F)
     work = work.reset_index(drop=True)
     bad, q = _row_rules(name, work, source)
+    if name == "margin_tiers" and bad.any():
+        # a schedule missing a tier is not the published schedule: quarantine all of it
+        key = ["venue", "symbol", "as_of"]
+        hit = work.loc[bad, key].drop_duplicates()
+        first = work.loc[bad].groupby(key, dropna=False)["_row"].min()
+        rest = work.loc[~bad].reset_index().merge(hit, on=key, how="inner").set_index("index")
+        if len(rest):
+            rows_bad = [first.get(tuple(k), "?") for k in rest[key].itertuples(index=False)]
+            q.append(
+                quarantine_frame(
+                    source,
+                    rest["_row"],
+                    [
+                        f"margin_tiers ({lab}): schedule quarantined: its row {r} breaks a rule"
+                        for lab, r in zip(_describe(rest, name), rows_bad, strict=True)
+                    ],
+                )
+            )
+            bad = bad | work.index.isin(rest.index)
     good = work.loc[~bad]
     good, q_dup = _dedupe(name, good, source)
     q += q_dup

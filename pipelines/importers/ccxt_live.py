@@ -21,6 +21,7 @@ ccxt 4.5.90 has no BitMEX class; BitMEX data is read from its own instrument rec
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -183,7 +184,10 @@ def _transport(exchange: Any, raw: Any) -> Iterator[None]:
     had = "fetch" in vars(exchange)
     saved = vars(exchange).get("fetch")
 
-    def fetch(*_args: Any, **_kwargs: Any) -> Any:  # ccxt calls fetch(url, method, headers, body)
+    def fetch(url: str, method: str = "GET", headers: Any = None, body: Any = None) -> Any:
+        # what ccxt's own fetch does after the HTTP call: the exchange's error checks
+        text = json.dumps(raw)
+        exchange.handle_errors(200, "OK", url, method, {}, text, raw, headers, body)
         return raw
 
     exchange.fetch = fetch
@@ -223,7 +227,23 @@ def parse_ohlcv(
     limit: int | None = None,
     params: Mapping[str, Any] | None = None,
 ) -> ReplayResult:
-    """Candles of a raw reply through ccxt's ``fetch_ohlcv`` parsing, then into ``ohlcv``."""
+    """Candles of a raw reply through ccxt's ``fetch_ohlcv`` parsing, then into ``ohlcv``.
+
+    Parameters
+    ----------
+    exchange : ccxt.Exchange
+        An exchange with markets for ``symbol`` (:func:`offline_exchange`).
+    raw : object
+        The exchange's raw reply, as JSON-decoded (a fixture's ``httpResponse``).
+    symbol, timeframe, since, limit, params
+        The arguments of the recorded ``fetch_ohlcv`` call (they shape the parsing, e.g.
+        Bybit's reply is newest first and ccxt sorts it; ``limit`` trims).
+
+    Returns
+    -------
+    ReplayResult
+        ccxt's unified candles and the ``ohlcv`` table from them.
+    """
     unified = replay(
         exchange, "fetch_ohlcv", raw, symbol, timeframe, since, limit, dict(params or {})
     )
@@ -380,7 +400,7 @@ def _with_retries(
     *,
     retries: int,
     backoff_s: float,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> T:
     """Call ``fn``; retry ``ccxt.NetworkError`` with backoff ``backoff_s * 2**k``.
 
@@ -418,7 +438,7 @@ def _with_retries(
                 retries,
                 wait,
             )
-            sleep(wait)
+            (sleep or time.sleep)(wait)
             attempt += 1
         except ccxt.BaseError as err:
             raise FairmarginError(
@@ -443,7 +463,25 @@ def fetch_ohlcv(
     retries: int = 3,
     backoff_s: float = 0.5,
 ) -> ImportResult:
-    """Live candles into ``ohlcv`` (see module docstring for retries and offline failure)."""
+    """Live candles into ``ohlcv`` (see module docstring for retries and offline failure).
+
+    Parameters
+    ----------
+    exchange : ccxt.Exchange
+        From :func:`connect`.
+    symbol, timeframe, since, limit
+        As ccxt's ``fetch_ohlcv`` (``since`` in epoch milliseconds).
+    retries : int
+        Retries of a transient ``ccxt.NetworkError`` (an unreachable host is not retried).
+    backoff_s : float
+        First wait in seconds; the k-th retry waits ``backoff_s * 2**k``.
+
+    Raises
+    ------
+    FairmarginError
+        One line naming the exchange and the call, when the exchange cannot be reached or
+        the retries are exhausted; :class:`FairmarginInputError` for an unknown symbol.
+    """
     raw = _live(
         exchange,
         f"fetch_ohlcv {symbol}",

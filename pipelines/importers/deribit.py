@@ -87,6 +87,13 @@ def read_deribit_book_summary(
     ``timestamp`` is each row's ``creation_timestamp`` (ms), ``mark_iv`` is ``mark_iv / 100``,
     ``underlying_price`` the row's ``underlying_price`` (the future or synthetic index the option
     is priced off), ``open_interest`` kept. Non-option rows go to the quarantine.
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV file.
+    strict : bool
+        Raise on the first row that breaks a contract rule instead of quarantining it.
     """
     who = "read_deribit_book_summary"
     path = Path(path)
@@ -143,6 +150,15 @@ def read_deribit_option_chain(
     0 (no quote below intrinsic value) becomes null. ``expiry`` comes from
     ``expiration_timestamp``; a strike or expiry disagreeing with the instrument name is
     quarantined.
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV file.
+    as_of : timestamp-like, optional
+        Capture time of the snapshot (naive means UTC).
+    strict : bool
+        Raise on the first row that breaks a contract rule instead of quarantining it.
     """
     who = "read_deribit_option_chain"
     path = Path(path)
@@ -223,6 +239,13 @@ def read_deribit_trades(
     share the contract key: identical quotes are merged, and when they differ the last trade
     (highest ``trade_seq``) is kept and the earlier ones go to the quarantine with the reason.
     Files are sorted by time whatever their order (these are newest first).
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV file.
+    strict : bool
+        Raise on the first row that breaks a contract rule instead of quarantining it.
     """
     who = "read_deribit_trades"
     path = Path(path)

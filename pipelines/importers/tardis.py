@@ -213,7 +213,18 @@ def read_tardis_book_snapshot(
 
     Each row is one book: the wide ``asks[i].price, asks[i].amount, bids[i].price,
     bids[i].amount`` columns become long rows with ``level = i`` (0 = best); empty levels (a
-    thin book) are skipped. ``levels`` keeps the first ``levels`` a side.
+    thin book) are skipped.
+
+    Parameters
+    ----------
+    path : str or Path
+        The tardis CSV file (``.csv`` or the ``.csv.gz`` tardis serves).
+    levels : int, optional
+        Levels a side to keep (all by default).
+    time_column : {"timestamp", "local_timestamp"}
+        Which tardis time stamps the books.
+    strict : bool
+        Raise on the first row that breaks a contract rule instead of quarantining it.
     """
     who = "read_tardis_book_snapshot"
     path = Path(path)
@@ -278,7 +289,19 @@ def read_tardis_incremental_book(
     (amount 0 deletes a level). ``emit="snapshots"`` writes the book as it stands after each run
     of snapshot rows and after the last row; ``emit="final"`` only after the last row. Updates
     before any snapshot cannot make a full book and go to the quarantine with that reason.
-    ``levels`` levels a side are written.
+
+    Parameters
+    ----------
+    path : str or Path
+        The tardis CSV file (``.csv`` or the ``.csv.gz`` tardis serves).
+    levels : int
+        Levels a side to write.
+    emit : {"snapshots", "final"}
+        When to write the book (see above).
+    time_column : {"timestamp", "local_timestamp"}
+        Which tardis time stamps the books.
+    strict : bool
+        Raise on the first row that breaks a contract rule instead of quarantining it.
     """
     who = "read_tardis_incremental_book"
     if emit not in ("snapshots", "final"):
@@ -394,6 +417,17 @@ def read_tardis_options_chain(
     0 or less means no quote and becomes null. ``expiration`` (µs) gives ``expiry``, the
     instrument name the ccxt symbol. ``contract_size`` (default 1 underlying unit, Deribit's and
     Bybit's option size) fills the contracts rows.
+
+    Parameters
+    ----------
+    path : str or Path
+        The tardis CSV file (``.csv`` or the ``.csv.gz`` tardis serves).
+    contract_size : float
+        Underlying units per option contract, for the contracts rows.
+    time_column : {"timestamp", "local_timestamp"}
+        Which tardis time stamps the quotes.
+    strict : bool
+        Raise on the first row that breaks a contract rule instead of quarantining it.
     """
     who = "read_tardis_options_chain"
     path = Path(path)
@@ -454,6 +488,13 @@ def read_tardis_derivative_ticker(
     rate seen at or before that funding time, stamped at the funding time. Ticker rows without a
     funding time or rate (spot-like tickers, gaps) or seen after their funding time carry no
     settled rate; they are counted in the log, not written.
+
+    Parameters
+    ----------
+    path : str or Path
+        The tardis CSV file (``.csv`` or the ``.csv.gz`` tardis serves).
+    strict : bool
+        Raise on the first row that breaks a contract rule instead of quarantining it.
     """
     who = "read_tardis_derivative_ticker"
     path = Path(path)

@@ -447,6 +447,14 @@ CASES = [
         True,
     ),
     (
+        "unparseable_number",
+        _set("ohlcv", 2, "volume", "lots"),
+        "csv",
+        "ohlcv",
+        {2: r"volume must be a number, got 'lots'"},
+        True,
+    ),
+    (
         "unparseable_timestamp",
         _set("ohlcv", 4, "timestamp", "2024-01-01T25:00:00"),
         "csv",
@@ -463,7 +471,7 @@ CASES = [
 def _plant(tmp_path: Path, mutate: Mutation, fmt: str) -> tuple[Tables, Path]:
     tables = tiny_tables()
     if fmt == "csv":
-        tables = {k: _csv_frame(v, "iso") for k, v in tables.items()}
+        tables = {k: _csv_frame(v, "iso").astype(object) for k, v in tables.items()}
     mutate(tables)
     folder = tmp_path / "bad"
     folder.mkdir()

@@ -50,17 +50,23 @@ def test_row_counts_match_the_file(result, raw_rows):
 
 
 def test_btc_first_version_renumbered_and_contiguous(result, raw_rows):
-    src = [r for r in raw_rows
-           if r["symbol"] == "BTC/USDT" and r["snapshot_date"].startswith("2025-04-01")]
+    src = [
+        r
+        for r in raw_rows
+        if r["symbol"] == "BTC/USDT" and r["snapshot_date"].startswith("2025-04-01")
+    ]
     src.sort(key=lambda r: float(r["limit"]))
     mt = result.tables["margin_tiers"]
     got = mt[(mt["symbol"] == "BTC/USDT:USDT") & (mt["as_of"] == mt["as_of"].min())]
     assert got["tier"].tolist() == list(range(1, len(src) + 1))
     # the file's tier 1 (largest notional, 1x) is the last tier here
-    assert int(src[-1]["tier_id"]) == 1 and got["max_leverage"].iloc[-1] == 1.0
+    assert int(src[-1]["tier_id"]) == 1
+    assert got["max_leverage"].iloc[-1] == 1.0
     np.testing.assert_allclose(got["max_notional"], [float(r["limit"]) for r in src])
     np.testing.assert_allclose(got["min_notional"], [0.0] + [float(r["limit"]) for r in src[:-1]])
-    np.testing.assert_allclose(got["initial_margin_rate"], [1 / float(r["max_leverage"]) for r in src])
+    np.testing.assert_allclose(
+        got["initial_margin_rate"], [1 / float(r["max_leverage"]) for r in src]
+    )
     assert got["maintenance_margin_rate"].isna().all()
     # hand check, first tier: up to 150,000 USDT at 125x -> 0.8 %
     assert (got["max_notional"].iloc[0], got["max_leverage"].iloc[0]) == (150_000.0, 125.0)
@@ -105,7 +111,9 @@ def test_wrong_header_and_bad_symbol(tmp_path, raw_rows):
     df = _sample(raw_rows)
     p = tmp_path / "hdr.csv"
     df.drop(columns=["limit"]).to_csv(p, index=False)
-    with pytest.raises(FairmarginInputError, match=r"hdr\.csv: header must have columns \['limit'\]"):
+    with pytest.raises(
+        FairmarginInputError, match=r"hdr\.csv: header must have columns \['limit'\]"
+    ):
         read_bingx_risk_tiers(p)
     df.loc[0, "symbol"] = "???"
     q = tmp_path / "sym.csv"

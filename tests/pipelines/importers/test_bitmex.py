@@ -31,7 +31,8 @@ SNAP = DIR / "bitmex_instrument_snapshot_2024-03-02.json"
 
 def test_xbtusd_follows_bitmex_documented_table():
     res = read_bitmex_instruments(XBTUSD)
-    assert res.rows_read == 1 and res.quarantine.empty
+    assert res.rows_read == 1
+    assert res.quarantine.empty
     mt = res.tables["margin_tiers"]
     assert len(mt) == 10
     # BitMEX "Risk Limits Examples" table for XBTUSD (base IM 1.00 %, MM 0.50 %, limit 200 XBT,
@@ -44,7 +45,9 @@ def test_xbtusd_follows_bitmex_documented_table():
         mt["max_notional"][:4], [200 * mark, 350 * mark, 500 * mark, 650 * mark], rtol=1e-12
     )
     assert mt["min_notional"].iloc[0] == 0.0
-    assert (mt["min_notional"].iloc[1:].to_numpy() == mt["max_notional"].iloc[:-1].to_numpy()).all()
+    assert (
+        mt["min_notional"].iloc[1:].to_numpy() == mt["max_notional"].iloc[:-1].to_numpy()
+    ).all()
     assert (mt["as_of"] == pd.Timestamp("2024-11-24 23:33:19.034", tz="UTC")).all()
     np.testing.assert_allclose(mt["max_leverage"], 1 / mt["initial_margin_rate"])
 
@@ -52,7 +55,12 @@ def test_xbtusd_follows_bitmex_documented_table():
 def test_xbtusd_is_inverse_btc_usd():
     res = read_bitmex_instruments(XBTUSD)
     c = res.tables["contracts"].iloc[0]
-    assert (c["symbol"], c["type"], c["linear"], c["settle"]) == ("BTC/USD:BTC", "swap", False, "BTC")
+    assert (c["symbol"], c["type"], c["linear"], c["settle"]) == (
+        "BTC/USD:BTC",
+        "swap",
+        False,
+        "BTC",
+    )
     assert c["contract_size"] == 1.0  # 1 USD per contract: |multiplier| 1e8 / 1e8
     f = res.tables["funding_rates"].iloc[0]
     assert f["funding_rate"] == 0.00011
@@ -65,7 +73,8 @@ def test_snapshot_usdt_linear_and_eth_quoted_inverse():
     assert res.rows_read == len(recs) == 3
     c = res.tables["contracts"].set_index("symbol")
     assert set(c.index) == {"BTC/USD:BTC", "BTC/ETH:BTC", "JTO/USDT:USDT"}
-    assert bool(c.loc["JTO/USDT:USDT", "linear"]) and not bool(c.loc["BTC/ETH:BTC", "linear"])
+    assert bool(c.loc["JTO/USDT:USDT", "linear"])
+    assert not bool(c.loc["BTC/ETH:BTC", "linear"])
     mt = res.tables["margin_tiers"]
     jto = mt[mt["symbol"] == "JTO/USDT:USDT"]
     # riskLimit 2e10 USDt = 20,000 USDT (1 USDt = 1e-6 USDT), step the same

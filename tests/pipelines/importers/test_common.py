@@ -122,7 +122,9 @@ def test_tier_gap_quarantines_the_whole_schedule_naming_the_row():
     )
     assert res.tables["margin_tiers"].empty
     assert sorted(res.quarantine["row"]) == [0, 1, 2]
-    assert res.quarantine["rule"].str.contains("first broken: row 1: tiers must be contiguous").all()
+    assert (
+        res.quarantine["rule"].str.contains("first broken: row 1: tiers must be contiguous").all()
+    )
 
 
 def test_rate_falling_with_tier_is_quarantined():

@@ -37,8 +37,10 @@ def test_indexer_one_tier_per_market():
     res = read_dydx_indexer_markets(INDEXER, as_of=AS_OF)
     mt = res.tables["margin_tiers"]
     assert res.rows_read == len(markets) == 125
-    assert len(mt) == 125 and res.quarantine.empty
-    assert (mt["tier"] == 1).all() and (mt["min_notional"] == 0).all()
+    assert len(mt) == 125
+    assert res.quarantine.empty
+    assert (mt["tier"] == 1).all()
+    assert (mt["min_notional"] == 0).all()
     assert np.isposinf(mt["max_notional"]).all()
     assert (mt["as_of"] == pd.Timestamp(AS_OF, tz="UTC")).all()
     btc = mt.set_index("symbol").loc["BTC/USDC:USDC"]
@@ -60,7 +62,9 @@ def test_indexer_open_interest_caps_are_market_data_not_tiers():
     assert ext.loc["1INCH-USD", "open_interest_upper_cap"] == 10_000_000
     assert set(ext["status"]) == {"ACTIVE", "FINAL_SETTLEMENT"}
     c = res.tables["contracts"]
-    assert len(c) == 125 and (c["type"] == "swap").all() and c["linear"].all()
+    assert len(c) == 125
+    assert (c["type"] == "swap").all()
+    assert c["linear"].all()
 
 
 def test_indexer_default_as_of_is_the_file_mtime(tmp_path):
@@ -110,7 +114,8 @@ def test_genesis_tiers_from_liquidity_tiers():
     res = read_dydx_genesis(GENESIS)
     mt = res.tables["margin_tiers"].set_index("symbol")
     assert res.rows_read == len(perps) == 33
-    assert len(mt) == 33 and res.quarantine.empty
+    assert len(mt) == 33
+    assert res.quarantine.empty
     assert (mt["as_of"] == pd.Timestamp("2023-10-26 17:00", tz="UTC")).all()
     # BTC-USD is in liquidity tier 0 (Large-Cap): initial_margin_ppm 50000 -> 5 %,
     # maintenance_fraction_ppm 600000 -> 60 % of 5 % = 3 % (hand computation)

@@ -44,7 +44,7 @@ def test_parse_unified_kinds():
 
 
 def test_parse_unified_rejects_non_symbols():
-    with pytest.raises(FairmarginInputError, match="must be a ccxt unified symbol.*BTCUSDT"):
+    with pytest.raises(FairmarginInputError, match=r"must be a ccxt unified symbol.*BTCUSDT"):
         parse_unified("BTCUSDT")
 
 
