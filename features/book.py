@@ -470,7 +470,7 @@ def depth_resilience(
 
     For each (venue, symbol), with snapshots in time order, ``y_t = log(depth_t)`` and the
     pair ``(y_{t-1}, y_t)`` is used when both depths are > 0 and the snapshots are at most
-    ``max_gap_minutes`` apart. On the pairs among the last ``window`` snapshots up to and
+    ``max_gap_minutes`` apart. On the pairs ending at the last ``window`` snapshots up to and
     including t (only past data), the AR(1) slope ``phi = cov(y_{t-1}, y_t) / var(y_{t-1})``
     is estimated by least squares, and with ``dt`` the mean gap (minutes) of those pairs the
     half-life of a depth shock is

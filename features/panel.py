@@ -177,8 +177,8 @@ def build_panel(
         log_ret = np.log(bars["close"]).diff()
         sigma = _scale(log_ret, bar_minutes=minutes, spec=spec)
         frame = feats.assign(
-            venue=venue,
-            symbol=symbol,
+            venue=str(venue),
+            symbol=str(symbol),
             base=c["base"],
             linear=bool(c["linear"]),
             is_future=c["type"] == "future",
@@ -193,11 +193,11 @@ def build_panel(
             ),
         )
         expiry = c["expiry"]
-        frame["minutes_to_expiry"] = (
-            (pd.Timestamp(expiry) - frame.index) / pd.Timedelta(minutes=1)
-            if pd.notna(expiry)
-            else np.nan
-        )
+        if pd.notna(expiry):
+            to_expiry = pd.Timestamp(expiry) - pd.DatetimeIndex(frame.index)
+            frame["minutes_to_expiry"] = to_expiry.total_seconds().to_numpy() / 60.0
+        else:
+            frame["minutes_to_expiry"] = np.nan
         frames.append(frame.reset_index())
     if not frames:
         raise FairmarginInputError("build_panel: no swap or future has bars")
@@ -233,7 +233,9 @@ def build_panel(
         parts = []
         for (venue, symbol), g in funding.groupby(["venue", "symbol"], sort=True):
             ff = funding_features(g.set_index("timestamp")["funding_rate"].sort_index())
-            parts.append(ff.assign(venue=venue, symbol=symbol).rename_axis("t").reset_index())
+            parts.append(
+                ff.assign(venue=str(venue), symbol=str(symbol)).rename_axis("t").reset_index()
+            )
         panel = _asof(
             panel,
             pd.concat(parts, ignore_index=True),

@@ -60,6 +60,8 @@ def test_book_arrays_reshapes_flat_book(flat):
     assert_allclose(b.ask_px[0], [100.05, 100.15, 100.25, 100.35, 100.45])
     assert_allclose(b.bid_amt, 10.0)
     assert not b.bid_px.flags.writeable
+    # Complete books are reshaped views of the price column, not copies.
+    assert np.shares_memory(b.bid_px, flat["price"].to_numpy())
     assert list(b.keys.columns) == ["venue", "symbol", "timestamp"]
     assert b.keys["timestamp"].iloc[0] == T0
 
@@ -90,6 +92,12 @@ def test_flat_book_features_by_hand(flat):
     # 1500 into the asks: 1000.5 at 100.05, 499.5 at 100.15.
     vwap = 1500.0 / (10.0 + 499.5 / 100.15)
     assert row["slip_short_1p5k"] == pytest.approx((vwap - 100.0) / 100.0 * 1e4, rel=1e-9)
+
+
+def test_microprice_leans_toward_the_thinner_side():
+    b = book_arrays(long_book([("v", "S", T0, [(99.0, 3.0)], [(101.0, 1.0)])]))
+    # (b0 * A0 + a0 * B0) / (B0 + A0) = (99 * 1 + 101 * 3) / 4 = 100.5: bids 3x heavier.
+    assert book_features(b)["microprice"].iloc[0] == pytest.approx(100.5, rel=1e-12)
 
 
 def test_liquidation_cost_beyond_displayed_depth(flat):
@@ -410,6 +418,10 @@ def test_depth_resilience_recovers_known_half_life():
     true = math.log(2) / -math.log(phi)
     # AR(1) slope s.e. sqrt((1 - phi^2) / n) ~ 0.008 at n = 3000 -> half-life within ~15 %.
     assert hl.iloc[-1] == pytest.approx(true, rel=0.15)
+    # phi < 0 (depth overshoots and snaps back): recovery within one snapshot, half-life 0.
+    flip = depth_resilience(_ar1_frame(-0.5, 500, seed=5), depth_col="depth")
+    assert (flip.dropna() == 0.0).all()
+    assert flip.notna().sum() == 500 - 30  # pair i ends at row i: rows 30..499 have 30+
 
 
 def test_depth_resilience_is_point_in_time_and_order_free():

@@ -146,6 +146,19 @@ def test_only_calls_or_only_puts_give_the_same_skew():
         assert one["atm_iv_30d"] == pytest.approx(both["atm_iv_30d"], abs=1e-12)
 
 
+def test_the_out_of_the_money_quote_is_used_at_each_strike():
+    q = quotes(ATM)
+    otm = quotes(ATM)
+    k = np.log(q["strike"] / F)
+    itm = np.where(q["option_type"] == "call", k < 0, k >= 0)
+    q.loc[itm, "mark_iv"] += 0.2  # stale in-the-money marks: must be ignored
+    otm = otm[~itm]
+    pd.testing.assert_frame_equal(
+        surface_features(q).drop(columns="n_quotes"),
+        surface_features(otm).drop(columns="n_quotes"),
+    )
+
+
 def test_delta_column_is_used_when_present():
     q = quotes({30: 0.55})
     t = 30 / 365.0
