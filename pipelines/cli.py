@@ -7,10 +7,10 @@ exit 2; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,125 +19,24 @@ import numpy as np
 import pandas as pd
 
 from features._checks import FairmarginError, FairmarginInputError
-from pipelines.config import (
-    ExperimentConfig,
-    default_experiment_path,
-    load_experiment,
-    with_overrides,
+from pipelines.cliutil import (
+    Clock,
+    add_model_options,
+    bundle_tables,
+    config_from_args,
+    parse_as_of,
+    print_flags,
+    read_for_cli,
+    write_tables_atomic,
 )
+from pipelines.config import ExperimentConfig
 
-__all__ = ["main"]
+__all__ = ["COMMAND_MODULES", "main"]
+
+# modules that add sub-commands (each defines register(subparsers))
+COMMAND_MODULES: tuple[str, ...] = ()
 
 log = logging.getLogger("fairmargin")
-
-
-class _Clock:
-    """Per-step progress lines with timings, on stderr."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __call__(self, msg: str) -> None:
-        print(f"[{time.perf_counter() - self.start:7.1f} s] {msg}", file=sys.stderr, flush=True)
-
-
-def _config(args: argparse.Namespace) -> ExperimentConfig:
-    path = getattr(args, "experiment", None) or default_experiment_path()
-    cfg = load_experiment(path)
-    return with_overrides(
-        cfg,
-        coverage=getattr(args, "coverage", None),
-        base_latency_minutes=getattr(args, "base_latency", None),
-        participation=getattr(args, "participation", None),
-        materiality=getattr(args, "materiality", None),
-    )
-
-
-def _parse_as_of(text: str) -> str | pd.Timestamp:
-    if text in ("latest", "all"):
-        return text
-    try:
-        ts = pd.Timestamp(text)
-    except ValueError:
-        raise FairmarginInputError(
-            f"--as-of must be 'latest', 'all' or a UTC time, got {text!r}"
-        ) from None
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
-def _print_flags(flags: pd.DataFrame, *, limit: int = 40) -> None:
-    counts = flags["status"].value_counts().to_dict()
-    print("status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    flagged = flags[flags["status"].isin(["under_margined", "over_margined"])]
-    if flagged.empty:
-        print("no tier is materially under- or over-margined")
-        return
-    flagged = flagged.sort_values("score", ascending=False).head(limit)
-    view = pd.DataFrame(
-        {
-            "venue": flagged["venue"],
-            "symbol": flagged["symbol"],
-            "tier": flagged["tier"],
-            "notional": flagged["evaluated_notional"].map(lambda v: f"{v:,.0f}"),
-            "published": flagged["published_initial_margin_rate"].map(lambda v: f"{v:.2%}"),
-            "fair": flagged["fair_initial_margin_rate"].map(lambda v: f"{v:.2%}"),
-            "interval": [
-                f"[{lo:.2%}, {hi:.2%}]"
-                for lo, hi in zip(flagged["fair_lower"], flagged["fair_upper"], strict=True)
-            ],
-            "deviation": flagged["deviation"].map(lambda v: f"{v:+.0%}"),
-            "status": flagged["status"],
-            "score": flagged["score"].map(lambda v: f"{v:.1f}"),
-            "H_min": flagged["horizon_minutes"].map(lambda v: f"{v:,.0f}"),
-            "implied_H_min": [
-                f"{h:,.0f}{'<' if c == 'below' else '>' if c == 'above' else ''}"
-                for h, c in zip(
-                    flagged["implied_horizon_minutes"],
-                    flagged["implied_horizon_censored"],
-                    strict=True,
-                )
-            ],
-        }
-    )
-    print(view.to_string(index=False))
-
-
-def _write_flags(flags: pd.DataFrame, out: Path) -> list[Path]:
-    """Write flags.parquet and flags.csv so that a failure leaves neither half-written."""
-    out.mkdir(parents=True, exist_ok=True)
-    targets = [out / "flags.parquet", out / "flags.csv"]
-    tmps = [t.with_name(f".{t.name}.tmp") for t in targets]
-    try:
-        flags.to_parquet(tmps[0], index=False)
-        flags.to_csv(tmps[1], index=False)
-        for tmp, target in zip(tmps, targets, strict=True):
-            tmp.replace(target)
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
-    return targets
-
-
-def _read(path: str, *, quarantine: bool, clock: _Clock) -> Any:
-    from pipelines.bundle import read_bundle
-
-    bundle = read_bundle(path, quarantine=quarantine)
-    if len(bundle.quarantine):
-        clock(f"quarantined {len(bundle.quarantine):,} bad rows (reasons in quarantine.parquet)")
-    return bundle
-
-
-def _tables(bundle: Any) -> dict[str, pd.DataFrame | None]:
-    names = (
-        "contracts",
-        "margin_tiers",
-        "ohlcv",
-        "order_books",
-        "option_quotes",
-        "funding_rates",
-        "truth",
-    )
-    return {name: bundle.table(name) for name in names}
 
 
 def _judge_and_log(
@@ -149,7 +48,7 @@ def _judge_and_log(
     model: Any,
     model_version: str,
     labelled: pd.DataFrame | None,
-    clock: _Clock,
+    clock: Clock,
 ) -> Any:
     """Flag, score against truth when present, write outputs and log them to the active run."""
     import mlflow
@@ -188,7 +87,7 @@ def _judge_and_log(
             )
         )
     mlflow.log_metrics(metrics)
-    for path in _write_flags(result.flags, out):
+    for path in write_tables_atomic(result.flags, out, "flags"):
         mlflow.log_artifact(str(path), artifact_path="flags")
     return result
 
@@ -197,7 +96,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from pipelines.bundle import write_bundle
     from pipelines.simulator import SimConfig, simulate_market
 
-    clock = _Clock()
+    clock = Clock()
     cfg = SimConfig(seed=args.seed, days=args.days)
     tables = simulate_market(cfg)
     path = write_bundle(tables, args.out, overwrite=args.overwrite)
@@ -210,7 +109,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from pipelines.bundle import read_bundle, write_quarantine
 
     bundle = read_bundle(args.bundle, quarantine=args.quarantine)
-    for name, df in _tables(bundle).items():
+    for name, df in bundle_tables(bundle).items():
         if df is not None:
             print(f"{name}: {len(df):,} rows")
     if len(bundle.quarantine):
@@ -225,8 +124,8 @@ def cmd_flag(args: argparse.Namespace) -> int:
     from pipelines.bundle import bundle_fingerprint, write_quarantine
     from pipelines.tracking import load_registered, log_bundle_input, mlflow_run
 
-    clock = _Clock()
-    cfg = _config(args)
+    clock = Clock()
+    cfg = config_from_args(args)
     model = None
     version = ""
     if args.model:
@@ -239,10 +138,10 @@ def cmd_flag(args: argparse.Namespace) -> int:
         version = args.model
         clock(f"loaded {args.model} (trained at {model.cutoff_})")
         del trained_cfg
-    bundle = _read(args.bundle, quarantine=args.quarantine, clock=clock)
+    bundle = read_for_cli(args.bundle, quarantine=args.quarantine, clock=clock)
     out = Path(args.out)
     with mlflow_run(f"flag {Path(args.bundle).name}", cfg, kind="flag") as run_id:
-        log_bundle_input(Path(args.bundle), _tables(bundle), bundle_fingerprint(args.bundle))
+        log_bundle_input(Path(args.bundle), bundle_tables(bundle), bundle_fingerprint(args.bundle))
         if len(bundle.quarantine):
             qpath = write_quarantine(bundle.quarantine, out)
             if qpath is not None:
@@ -250,16 +149,16 @@ def cmd_flag(args: argparse.Namespace) -> int:
 
                 mlflow.log_artifact(str(qpath))
         result = _judge_and_log(
-            _tables(bundle),
+            bundle_tables(bundle),
             cfg,
             out,
-            as_of=_parse_as_of(args.as_of),
+            as_of=parse_as_of(args.as_of),
             model=model,
             model_version=version,
             labelled=None,
             clock=clock,
         )
-    _print_flags(result.flags)
+    print_flags(result.flags)
     clock(f"flags in {out / 'flags.parquet'} and {out / 'flags.csv'}; MLflow run {run_id}")
     return 0
 
@@ -272,7 +171,7 @@ def _train(
     quarantine: bool,
     register: bool,
     promote: bool,
-    clock: _Clock,
+    clock: Clock,
 ) -> tuple[Any, str, str]:
     """Train at the bundle's end, log and register the model, flag the latest schedules."""
     import mlflow
@@ -281,8 +180,8 @@ def _train(
     from pipelines.flag import labelled_panel, train_model
     from pipelines.tracking import log_bundle_input, log_model, mlflow_run
 
-    bundle = _read(bundle_path, quarantine=quarantine, clock=clock)
-    tables = _tables(bundle)
+    bundle = read_for_cli(bundle_path, quarantine=quarantine, clock=clock)
+    tables = bundle_tables(bundle)
     with mlflow_run(f"train {Path(bundle_path).name}", cfg, kind="train") as run_id:
         log_bundle_input(Path(bundle_path), tables, bundle_fingerprint(bundle_path))
         labelled = labelled_panel(tables, cfg)
@@ -309,8 +208,8 @@ def _train(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    clock = _Clock()
-    cfg = _config(args)
+    clock = Clock()
+    cfg = config_from_args(args)
     result, run_id, uri = _train(
         args.bundle,
         cfg,
@@ -320,7 +219,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         promote=args.promote,
         clock=clock,
     )
-    _print_flags(result.flags)
+    print_flags(result.flags)
     clock(f"model {uri}; MLflow run {run_id}")
     return 0
 
@@ -330,7 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.simulator import SimConfig, simulate_market
     from pipelines.tracking import configure_tracking
 
-    clock = _Clock()
+    clock = Clock()
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="fairmargin-demo-"))
     bundle_path = root / "bundle"
     tables = simulate_market(SimConfig(seed=args.seed, days=args.days))
@@ -339,7 +238,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"simulated {args.days} days of {tables['contracts']['venue'].nunique()} venues "
         f"into {bundle_path}"
     )
-    cfg = _config(args)
+    cfg = config_from_args(args)
     result, run_id, uri = _train(
         str(bundle_path),
         cfg,
@@ -349,23 +248,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         promote=False,
         clock=clock,
     )
-    _print_flags(result.flags)
+    print_flags(result.flags)
     tracking = configure_tracking()
     print(f"\nflags: {root / 'flags' / 'flags.csv'}")
     print(f"MLflow run {run_id} in {tracking}; model {uri}")
     if tracking.startswith("sqlite:///"):
         print(f"see it with: mlflow ui --backend-store-uri {tracking}")
     return 0
-
-
-def _common_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--experiment", help="experiment TOML (default: experiments/default.toml)")
-    p.add_argument("--coverage", type=float, help="q, the share of adverse moves covered")
-    p.add_argument("--base-latency", type=float, help="minutes before liquidation starts")
-    p.add_argument(
-        "--participation", type=float, help="share of traded volume a liquidation takes"
-    )
-    p.add_argument("--materiality", type=float, help="|published / fair - 1| needed to flag")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -396,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", default="latest", help="'latest' (default), 'all', or a UTC time")
     p.add_argument("--model", help="MLflow model URI; default: fit on the bundle's own history")
     p.add_argument("--quarantine", action="store_true", help="set bad rows aside and go on")
-    _common_model_options(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_flag)
 
     p = sub.add_parser("train", help="train, log and register the fair-margin model")
@@ -419,8 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the bundle and flags (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--days", type=int, default=90)
-    _common_model_options(p)
+    add_model_options(p)
     p.set_defaults(func=cmd_demo)
+
+    # further commands live in their own modules, each with register(subparsers)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 
