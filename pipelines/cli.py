@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import logging
 import sys
 import tempfile
@@ -31,10 +32,19 @@ from pipelines.cliutil import (
 )
 from pipelines.config import ExperimentConfig
 
-__all__ = ["COMMAND_MODULES", "main"]
+__all__ = ["command_modules", "main"]
 
-# modules that add sub-commands (each defines register(subparsers))
-COMMAND_MODULES: tuple[str, ...] = ()
+
+def command_modules() -> list[str]:
+    """Modules ``pipelines.cmd_*``: each adds its sub-commands with ``register(subparsers)``."""
+    import pipelines
+
+    return sorted(
+        f"pipelines.{m.name}"
+        for m in pkgutil.iter_modules(pipelines.__path__)
+        if m.name.startswith("cmd_")
+    )
+
 
 log = logging.getLogger("fairmargin")
 
@@ -312,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     # further commands live in their own modules, each with register(subparsers)
-    for name in COMMAND_MODULES:
+    for name in command_modules():
         importlib.import_module(name).register(sub)
     return parser
 
