@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import pkgutil
 import logging
+import pkgutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence

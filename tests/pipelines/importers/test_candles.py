@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +11,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-# This folder, tests/pipelines/importers, shadows the package pipelines.importers once tests/ is
-# on sys.path (tests/conftest.py puts it there): put the repository root first and drop a
-# namespace-package `pipelines` another test may have imported, so the real package is used.
+from features._checks import FairmarginInputError
+from pipelines.importers import read_cryptodatadownload, read_freqtrade
+
 _ROOT = str(Path(__file__).resolve().parents[3])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-for _m in [m for m in sys.modules if m == "pipelines" or m.startswith("pipelines.")]:
-    if getattr(sys.modules[_m], "__file__", None) is None:
-        del sys.modules[_m]
-
-from features._checks import FairmarginInputError  # noqa: E402
-from pipelines.importers import read_cryptodatadownload, read_freqtrade  # noqa: E402
-
 RET = Path(_ROOT).parent / "shared" / "data" / "returns"
 CDD = sorted(RET.glob("cryptodatadownload_*/*.csv"))
 FREQ = sorted(RET.glob("binance_usdm_perps_freqtrade_cyft/*.parquet"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,24 +18,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-# This folder, tests/pipelines/importers, shadows the package pipelines.importers once tests/ is
-# on sys.path (tests/conftest.py puts it there): put the repository root first and drop a
-# namespace-package `pipelines` another test may have imported, so the real package is used.
-_ROOT = str(Path(__file__).resolve().parents[3])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-for _m in [m for m in sys.modules if m == "pipelines" or m.startswith("pipelines.")]:
-    if getattr(sys.modules[_m], "__file__", None) is None:
-        del sys.modules[_m]
-
-from features._checks import FairmarginError, FairmarginInputError  # noqa: E402
-from pipelines.importers import (  # noqa: E402
+from features._checks import FairmarginError, FairmarginInputError
+from pipelines.importers import (
     read_binance_leverage_brackets,
     read_ccxt_json,
     read_deribit_book_summary,
 )
-from pipelines.importers._symbols import deribit_symbol  # noqa: E402
-from pipelines.importers.ccxt_live import (  # noqa: E402
+from pipelines.importers._symbols import deribit_symbol
+from pipelines.importers.ccxt_live import (
     connect,
     fetch_ohlcv,
     fetch_order_book,
@@ -51,6 +40,7 @@ from pipelines.importers.ccxt_live import (  # noqa: E402
     replay,
 )
 
+_ROOT = str(Path(__file__).resolve().parents[3])
 DATA = Path(_ROOT).parent / "shared" / "data"
 STATIC = DATA / "ccxt_static"
 

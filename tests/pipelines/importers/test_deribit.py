@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -11,23 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-# This folder, tests/pipelines/importers, shadows the package pipelines.importers once tests/ is
-# on sys.path (tests/conftest.py puts it there): put the repository root first and drop a
-# namespace-package `pipelines` another test may have imported, so the real package is used.
-_ROOT = str(Path(__file__).resolve().parents[3])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-for _m in [m for m in sys.modules if m == "pipelines" or m.startswith("pipelines.")]:
-    if getattr(sys.modules[_m], "__file__", None) is None:
-        del sys.modules[_m]
-
-from features._checks import FairmarginInputError  # noqa: E402
-from pipelines.importers import (  # noqa: E402
+from features._checks import FairmarginInputError
+from pipelines.importers import (
     read_deribit_book_summary,
     read_deribit_option_chain,
     read_deribit_trades,
 )
 
+_ROOT = str(Path(__file__).resolve().parents[3])
 OPT = Path(_ROOT).parent / "shared" / "data" / "options"
 SUMMARY = OPT / "deribit_ow1display" / "deribit_btc_option_book_summary_2024-03-12.csv"
 CHAIN = OPT / "deribit_tessicin" / "deribit_btc_option_chain_snapshot.csv"

@@ -10,18 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-# This folder, tests/pipelines/importers, shadows the package pipelines.importers once tests/ is
-# on sys.path (tests/conftest.py puts it there): put the repository root first and drop a
-# namespace-package `pipelines` another test may have imported, so the real package is used.
-_ROOT = str(Path(__file__).resolve().parents[3])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-for _m in [m for m in sys.modules if m == "pipelines" or m.startswith("pipelines.")]:
-    if getattr(sys.modules[_m], "__file__", None) is None:
-        del sys.modules[_m]
-
-from features._checks import FairmarginInputError  # noqa: E402
-from pipelines.importers import (  # noqa: E402
+from features._checks import FairmarginInputError
+from pipelines.importers import (
     READERS,
     ImportResult,
     detect_format,
@@ -29,6 +19,7 @@ from pipelines.importers import (  # noqa: E402
     read_dydx_indexer_markets,
 )
 
+_ROOT = str(Path(__file__).resolve().parents[3])
 SHARED = Path(_ROOT).parent / "shared"
 DATA = SHARED / "data"
 FILES = sorted(p for p in DATA.rglob("*") if p.is_file() and p.suffix != ".md")
