@@ -15,7 +15,8 @@ from pipelines.simulator import SimConfig, simulate_market
 @pytest.fixture(scope="module")
 def tables():
     sim = simulate_market(SimConfig(seed=5, days=9, mc_paths=500))
-    keep = {"binanceusdm", "deribit"}  # one venue's contracts and the option surface
+    # two venues' contracts (so the cross-venue basis is defined) and the option surface
+    keep = {"binanceusdm", "okx", "deribit"}
     out = {}
     for name, df in sim.items():
         if name == "truth":
