@@ -28,14 +28,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+# Run as a script, this folder comes first on sys.path and benchmarks/features.py would shadow
+# the `features` package: drop the folder before importing the project.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from pipelines.benchmark import BenchmarkConfig, Position, benchmark
-from pipelines.cmd_benchmark import format_positions, format_ranking, write_and_log
-from pipelines.config import default_experiment_path, load_experiment, with_overrides
-from pipelines.importers import read
-from pipelines.tracking import mlflow_run
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pipelines.benchmark import BenchmarkConfig, Position, benchmark  # noqa: E402
+from pipelines.cmd_benchmark import format_positions, format_ranking, write_and_log  # noqa: E402
+from pipelines.config import default_experiment_path, load_experiment, with_overrides  # noqa: E402
+from pipelines.importers import read  # noqa: E402
+from pipelines.tracking import mlflow_run  # noqa: E402
 
 UNDERLYINGS = ("BTC", "ETH")
 QUOTES = ("USDT", "USDC", "USD")

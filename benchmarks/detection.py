@@ -18,15 +18,20 @@ import tempfile
 import time
 from pathlib import Path
 
-import mlflow
-import pandas as pd
+# Run as a script, this folder comes first on sys.path and benchmarks/features.py would shadow
+# the `features` package: drop the folder before importing the project.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from models.detection import detection_scores
-from pipelines.bundle import read_bundle, write_bundle
-from pipelines.config import default_experiment_path, load_experiment
-from pipelines.flag import flag_tiers
-from pipelines.simulator import SimConfig, simulate_market
-from pipelines.tracking import mlflow_run
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from models.detection import detection_scores  # noqa: E402
+from pipelines.bundle import read_bundle, write_bundle  # noqa: E402
+from pipelines.config import default_experiment_path, load_experiment  # noqa: E402
+from pipelines.flag import flag_tiers  # noqa: E402
+from pipelines.simulator import SimConfig, simulate_market  # noqa: E402
+from pipelines.tracking import mlflow_run  # noqa: E402
 
 KEYS = (
     "recall",
