@@ -60,12 +60,20 @@ def _judge_and_log(
     labelled: pd.DataFrame | None,
     clock: Clock,
 ) -> Any:
-    """Flag, score against truth when present, write outputs and log them to the active run."""
+    """Flag, score against truth when present, write outputs (flags and the HTML report with
+    its PNGs) and log them to the active run."""
+    import time
+
     import mlflow
 
     from models.detection import detection_scores
-    from pipelines.flag import flag_tiers
+    from pipelines.flag import flag_tiers, labelled_panel
+    from pipelines.report import models_for, write_report
 
+    if labelled is None:  # the report's backtest charts read the realised moves too
+        t0 = time.perf_counter()
+        labelled = labelled_panel(tables, cfg)
+        clock(f"features and labels: {len(labelled):,} rows in {time.perf_counter() - t0:.1f} s")
     result = flag_tiers(
         tables,
         cfg,
@@ -99,6 +107,20 @@ def _judge_and_log(
     mlflow.log_metrics(metrics)
     for path in write_tables_atomic(result.flags, out, "flags"):
         mlflow.log_artifact(str(path), artifact_path="flags")
+    run = mlflow.active_run()
+    report = write_report(
+        result.flags,
+        out,
+        cfg=cfg,
+        model=model if model is not None else models_for(result.flags, result.models),
+        labelled=labelled,
+        inputs=result.inputs,
+        run_id=run.info.run_id if run is not None else "",
+    )
+    mlflow.log_artifact(str(report.html), artifact_path="report")
+    for png in report.images.values():
+        mlflow.log_artifact(str(png), artifact_path="report")
+    clock(f"report in {report.html}")
     return result
 
 
@@ -212,7 +234,32 @@ def _train(
         )
         if result.inputs is None or result.inputs.empty:
             raise FairmarginInputError("train: no tier could be judged; nothing to log")
-        uri, _version = log_model(model, cfg, result.inputs, register=register, promote=promote)
+
+        def challenge(champion_uri: str) -> tuple[bool, dict[str, float]]:
+            # the champion's config and this one, trained at the same cutoff and backtested
+            # on the same window of this bundle
+            from pipelines.tracking import load_registered
+            from pipelines.tune import backtest_configs, challenger_wins
+
+            _, champion_cfg = load_registered(champion_uri)
+            res = backtest_configs(
+                labelled,
+                {"challenger": cfg, "champion": champion_cfg},
+                test_days=cfg.champion.test_days,
+            )
+            clock(
+                "champion/challenger: "
+                + "; ".join(
+                    f"{k} margin {v['average_margin']:.4f} exceptions {v['exception_rate']:.2%}"
+                    for k, v in res.items()
+                )
+            )
+            metrics = {f"{k}_{m}": v for k, r in res.items() for m, v in r.items()}
+            return challenger_wins(res["challenger"], res["champion"]), metrics
+
+        uri, _version = log_model(
+            model, cfg, result.inputs, register=register, promote=promote, challenge=challenge
+        )
         clock(f"logged model {uri}")
     return result, run_id, uri
 

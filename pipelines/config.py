@@ -12,9 +12,11 @@ from features._checks import FairmarginInputError
 
 __all__ = [
     "CalibrationConfig",
+    "ChampionConfig",
     "DataConfig",
     "ExperimentConfig",
     "ModelConfig",
+    "TuneConfig",
     "WalkForwardConfig",
     "default_experiment_path",
     "flatten",
@@ -84,6 +86,45 @@ class WalkForwardConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TuneConfig:
+    """Optuna tuning (``fairmargin tune``): folds end before ``test_start``."""
+
+    n_trials: int = 20
+    n_folds: int = 3
+    fold_days: float = 7.0
+    test_start: str = ""  # ISO date of the first test month; "" = two thirds into the history
+    coverage_slack: float = 0.005  # a trial is feasible when its exception rate <= 1 - q + slack
+    min_trees: int = 20
+    max_trees: int = 300
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 1 or self.n_folds < 1:
+            raise FairmarginInputError(
+                f"tune.n_trials and tune.n_folds must be >= 1, got {self.n_trials!r}, "
+                f"{self.n_folds!r}"
+            )
+        if self.fold_days <= 0:
+            raise FairmarginInputError(f"tune.fold_days must be > 0, got {self.fold_days!r}")
+        if not 1 <= self.min_trees <= self.max_trees:
+            raise FairmarginInputError(
+                f"tune.min_trees must be in [1, max_trees], got {self.min_trees!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class ChampionConfig:
+    """Champion/challenger backtest of ``fairmargin train``: the last ``test_days`` of the
+    bundle, models trained before it; a challenger wins when it passes coverage and needs less
+    average margin (or the champion fails coverage and it does not)."""
+
+    test_days: float = 7.0
+
+    def __post_init__(self) -> None:
+        if self.test_days <= 0:
+            raise FairmarginInputError(f"champion.test_days must be > 0, got {self.test_days!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class ExperimentConfig:
     name: str = "default"
     coverage: float = 0.99
@@ -100,6 +141,8 @@ class ExperimentConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     walk_forward: WalkForwardConfig = field(default_factory=WalkForwardConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    champion: ChampionConfig = field(default_factory=ChampionConfig)
 
     def __post_init__(self) -> None:
         if not 0.5 < self.coverage < 1:
@@ -129,6 +172,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "calibration": CalibrationConfig,
     "model": ModelConfig,
     "walk_forward": WalkForwardConfig,
+    "tune": TuneConfig,
+    "champion": ChampionConfig,
 }
 
 

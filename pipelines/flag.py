@@ -19,10 +19,11 @@ from numpy.typing import NDArray
 from features._checks import FairmarginInputError
 from features.book import book_arrays, liquidation_cost
 from features.panel import PanelSpec, build_panel
-from models.fair import FairMarginModel, QuantileGrid, add_labels, model_matrix
+from models.fair import FairMarginModel, QuantileGrid, add_labels
 from models.horizon import evaluated_notional, implied_horizon, liquidation_horizon_minutes
 from models.labels import SIDES
 from pipelines.config import ExperimentConfig
+from pipelines.explain import Contributions, attach_medians, contributions, nearest_grid_index
 
 __all__ = [
     "FLAG_COLUMNS",
@@ -47,6 +48,7 @@ FLAG_COLUMNS = [
 ]  # fmt: skip
 
 Progress = Callable[[str], None]
+Side = Literal["long", "short", "both"]
 
 
 @dataclass(frozen=True)
@@ -202,41 +204,6 @@ def _costs(
     return cost, source
 
 
-def _drivers(
-    model: FairMarginModel,
-    state: pd.DataFrame,
-    grid: QuantileGrid,
-    horizon: NDArray[np.float64],
-    side: NDArray[np.object_],
-    *,
-    top: int = 3,
-) -> list[str]:
-    """The features that move each row's fair margin most, with signed contributions in
-    percentage points of margin, at the grid horizon nearest H on the binding side."""
-    hs = grid.horizons
-    out = [""] * len(state)
-    ok = np.isfinite(horizon)
-    if not ok.any():
-        return out
-    gi = np.abs(np.log(hs)[None, :] - np.log(np.where(ok, horizon, hs[0]))[:, None]).argmin(axis=1)
-    X = model_matrix(state, hs[gi], features=model.features_)
-    names = [*X.columns]
-    for s in SIDES:
-        m = ok & (side == s)
-        if not m.any():
-            continue
-        contrib = model.regressors_[s].contributions(X[m])[:, :-1]
-        factor = np.array([model.calibration_[s][int(h)].factor for h in hs[gi[m]]])
-        pp = contrib * (grid.scale[m, gi[m]] * factor)[:, None] * 100.0
-        vals = X[m].to_numpy()
-        for k, (row_pp, row_v) in enumerate(zip(pp, vals, strict=True)):
-            order = np.argsort(-np.abs(row_pp))[:top]
-            out[int(np.flatnonzero(m)[k])] = "; ".join(
-                f"{names[j]}={row_v[j]:.3g} ({row_pp[j]:+.2f} pp)" for j in order
-            )
-    return out
-
-
 def status_of(
     published: NDArray[np.float64],
     fair: NDArray[np.float64],
@@ -258,6 +225,95 @@ def status_of(
     return status, deviation, score
 
 
+def take_grid(grid: QuantileGrid, idx: NDArray[np.intp]) -> QuantileGrid:
+    """The grid rows ``idx`` (e.g. one state row per position)."""
+    return QuantileGrid(
+        horizons=grid.horizons,
+        quantile={s: grid.quantile[s][idx] for s in SIDES},
+        lower={s: grid.lower[s][idx] for s in SIDES},
+        upper={s: grid.upper[s][idx] for s in SIDES},
+        scale=grid.scale[idx],
+    )
+
+
+def _driver_texts(
+    contrib: Contributions,
+    idx: NDArray[np.intp],
+    gi: NDArray[np.intp],
+    binding: NDArray[Any],
+    wanted: NDArray[np.bool_],
+) -> NDArray[np.object_]:
+    drivers = np.full(len(idx), "", dtype=object)
+    texts: dict[tuple[int, int, str], str] = {}  # a text depends on (state, horizon, side)
+    for k in np.flatnonzero(wanted):
+        key = (int(idx[k]), int(gi[k]), str(binding[k]))
+        if key not in texts:
+            texts[key] = contrib.text(*key)
+        drivers[k] = texts[key]
+    return drivers
+
+
+def judge_on_grid(
+    grid: QuantileGrid,
+    contrib: Contributions | None,
+    horizon: NDArray[np.float64],
+    cost_long: NDArray[np.float64],
+    cost_short: NDArray[np.float64],
+    published: NDArray[np.float64],
+    *,
+    state_index: NDArray[np.intp] | None = None,
+    side: Side = "both",
+) -> dict[str, NDArray[Any]]:
+    """Fair margin of positions from their states' quantile grids (pure numpy: the fast path of
+    queries). ``grid`` and ``contrib`` hold one row per state; ``state_index`` maps each
+    position to its state (default: one state per position). With ``side`` both, fair is the
+    larger side's; with one side, fair, interval, implied horizon and drivers are that side's.
+    """
+    n = len(horizon)
+    idx = np.arange(n) if state_index is None else np.asarray(state_index, dtype=np.intp)
+    g = take_grid(grid, idx) if state_index is not None else grid
+    fl = g.at("long", horizon) + cost_long
+    fs = g.at("short", horizon) + cost_short
+    bounds = {
+        (s, which): g.at(s, horizon, which) + (cost_long if s == "long" else cost_short)
+        for s in SIDES
+        for which in ("lower", "upper")
+    }
+    if side == "both":
+        fair = np.maximum(fl, fs)
+        lower = np.maximum(bounds["long", "lower"], bounds["short", "lower"])
+        upper = np.maximum(bounds["long", "upper"], bounds["short", "upper"])
+        binding = np.where(fl >= fs, "long", "short").astype(object)
+        ih, ic = implied_horizon(
+            g.horizons, g.quantile["long"], g.quantile["short"], cost_long, cost_short, published
+        )
+    elif side in SIDES:
+        fair = fl if side == "long" else fs
+        lower, upper = bounds[side, "lower"], bounds[side, "upper"]
+        binding = np.full(n, side, dtype=object)
+        cost = cost_long if side == "long" else cost_short
+        ih, ic = implied_horizon(
+            g.horizons, g.quantile[side], g.quantile[side], cost, cost, published
+        )
+    else:
+        raise FairmarginInputError(f"side must be long, short or both, got {side!r}")
+    drivers = np.full(n, "", dtype=object)
+    if contrib is not None:
+        drivers = _driver_texts(contrib, idx, nearest_grid_index(g.horizons, horizon), binding,
+                                np.isfinite(horizon) & np.isfinite(fair))  # fmt: skip
+    return {
+        "fair_initial_margin_rate": fair,
+        "fair_long_rate": fl,
+        "fair_short_rate": fs,
+        "fair_lower": lower,
+        "fair_upper": upper,
+        "binding_side": binding,
+        "implied_horizon_minutes": ih,
+        "implied_horizon_censored": ic,
+        "drivers": drivers,
+    }
+
+
 def judge(
     model: FairMarginModel,
     rows: pd.DataFrame,
@@ -265,38 +321,37 @@ def judge(
     cost_long: NDArray[np.float64],
     cost_short: NDArray[np.float64],
     published: NDArray[np.float64],
+    *,
+    side: Side = "both",
 ) -> dict[str, NDArray[Any]]:
     """Fair margin of positions: per side Q(H) + cost, the interval, the binding side, the
-    implied horizon of ``published`` (NaN where unknown) and the drivers.
+    implied horizon of ``published`` (NaN where unknown) and the drivers in plain words.
 
     ``rows`` are panel rows (one per position) at the decision time.
     """
     grid = model.quantile_grid(rows)
-    fl = grid.at("long", horizon) + cost_long
-    fs = grid.at("short", horizon) + cost_short
-    lower = np.maximum(
-        grid.at("long", horizon, "lower") + cost_long,
-        grid.at("short", horizon, "lower") + cost_short,
-    )
-    upper = np.maximum(
-        grid.at("long", horizon, "upper") + cost_long,
-        grid.at("short", horizon, "upper") + cost_short,
-    )
-    side = np.where(fl >= fs, "long", "short").astype(object)
-    ih, ic = implied_horizon(
-        grid.horizons, grid.quantile["long"], grid.quantile["short"], cost_long, cost_short,
-        published,
-    )  # fmt: skip
-    return {
-        "fair_long_rate": fl,
-        "fair_short_rate": fs,
-        "fair_lower": lower,
-        "fair_upper": upper,
-        "binding_side": side,
-        "implied_horizon_minutes": ih,
-        "implied_horizon_censored": ic,
-        "drivers": np.array(_drivers(model, rows, grid, horizon, side), dtype=object),
-    }
+    out = judge_on_grid(grid, None, horizon, cost_long, cost_short, published, side=side)
+    # contributions only where a text is shown: at each row's grid horizon on its binding side
+    gi = nearest_grid_index(grid.horizons, horizon)
+    wanted = np.isfinite(horizon) & np.isfinite(out["fair_initial_margin_rate"])
+    contrib = contributions(model, rows, grid, only=(gi, out["binding_side"], wanted))
+    idx = np.arange(len(rows), dtype=np.intp)
+    out["drivers"] = _driver_texts(contrib, idx, gi, out["binding_side"], wanted)
+    return out
+
+
+def usable_state(state: pd.DataFrame, cfg: ExperimentConfig) -> NDArray[np.bool_]:
+    """Rows whose state at ``as_of`` can be judged: a recent bar, enough history, a known scale
+    and traded notional (else ``insufficient_data``)."""
+    price_age = (state["as_of"] - state["t_state"]).dt.total_seconds() / 60.0
+    history = (state["t_state"] - state["first_t"]).dt.total_seconds() / 86400.0
+    return (
+        state["t_state"].notna()
+        & (price_age <= cfg.data.price_tolerance_minutes)
+        & (history >= cfg.data.min_history_days)
+        & (state["sigma_bar"] > 0)
+        & (state["traded_notional_per_minute"] > 0)
+    ).to_numpy(dtype=bool, copy=True)
 
 
 def flag_tiers(
@@ -327,15 +382,7 @@ def flag_tiers(
     tiers_state = schedules.merge(state, on=["venue", "symbol", "as_of"], how="left")
     n = len(tiers_state)
 
-    price_age = (tiers_state["as_of"] - tiers_state["t_state"]).dt.total_seconds() / 60.0
-    history = (tiers_state["t_state"] - tiers_state["first_t"]).dt.total_seconds() / 86400.0
-    usable = (
-        tiers_state["t_state"].notna()
-        & (price_age <= cfg.data.price_tolerance_minutes)
-        & (history >= cfg.data.min_history_days)
-        & (tiers_state["sigma_bar"] > 0)
-        & (tiers_state["traded_notional_per_minute"] > 0)
-    ).to_numpy(dtype=bool, copy=True)
+    usable = usable_state(tiers_state, cfg)
 
     notional = evaluated_notional(
         tiers_state,
@@ -390,6 +437,7 @@ def flag_tiers(
         m = usable & (tiers_state["as_of"] == cut).to_numpy()
         if not m.any():
             continue
+        attach_medians(current, labelled)  # the training panel's medians explain the drivers
         rows = tiers_state[m]
         j = judge(current, rows, horizon[m], cost["long"][m], cost["short"][m], published_arr[m])
         for key in ("fair_long_rate", "fair_short_rate", "fair_lower", "fair_upper"):

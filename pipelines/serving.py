@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc.model import PythonModel
 
-from features._checks import FairmarginInputError, require_columns
+from features._checks import FairmarginError, FairmarginInputError, require_columns
 from models.fair import FairMarginModel
 from models.horizon import liquidation_horizon_minutes
 from pipelines.config import ExperimentConfig
 
-__all__ = ["OUTPUT_COLUMNS", "STATE_COLUMNS", "FairMarginPyfunc", "input_columns"]
+__all__ = ["OUTPUT_COLUMNS", "STATE_COLUMNS", "FairMarginPyfunc", "input_columns", "single_thread"]
 
 STATE_COLUMNS = [
     "sigma_bar", "sigma_ann", "bar_minutes", "traded_notional_per_minute", "minutes_to_expiry",
@@ -34,6 +34,15 @@ OUTPUT_COLUMNS = [
     "deviation", "status", "score", "drivers", "coverage", "base_latency_minutes",
     "participation",
 ]  # fmt: skip
+
+
+def single_thread(model: FairMarginModel) -> None:
+    """Make the model's LightGBM predictions single-threaded (same numbers, less overhead on
+    small inputs)."""
+    for reg in model.regressors_.values():
+        booster = getattr(reg, "booster_", None)
+        if booster is not None:
+            booster.set_params(n_jobs=1)
 
 
 def input_columns(model: FairMarginModel) -> list[str]:
@@ -52,24 +61,64 @@ class FairMarginPyfunc(PythonModel):
     def cfg(self) -> ExperimentConfig:
         from pipelines.config import load_experiment_dict
 
-        return load_experiment_dict(self.settings)
+        cached = getattr(self, "_cfg", None)  # not pickled by older versions: built on demand
+        if not isinstance(cached, ExperimentConfig):
+            cached = load_experiment_dict(self.settings)
+            self._cfg = cached
+        return cached
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
+        """Answers for feature rows; bad input raises MLflow's INVALID_PARAMETER_VALUE, which
+        the scoring server turns into a 400 with the message (never a 500)."""
+        del context, params
+        try:
+            return self._predict(model_input)
+        except (FairmarginError, ValueError, KeyError, TypeError) as exc:
+            from mlflow.exceptions import MlflowException
+
+            raise MlflowException.invalid_parameter_value(str(exc)) from None
+
+    def load_context(self, context: Any) -> None:
+        """Predict on one thread: a served request holds a few rows, where OpenMP's thread
+        start-up costs more than the trees."""
+        del context
+        single_thread(self.model)
+
+    def _predict(self, model_input: Any) -> pd.DataFrame:
         from pipelines.flag import judge, status_of
 
-        del context, params
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
+        if model_input.empty:
+            raise FairmarginInputError("fair-margin input: no rows")
         require_columns(model_input, [*STATE_COLUMNS, *POSITION_COLUMNS], who="fair-margin input")
         rows = model_input.reset_index(drop=True)
         for c in self.model.features_:
             if c not in rows:
                 rows[c] = np.nan  # a feature family the caller lacks is missing, as in training
+        for c in (*STATE_COLUMNS, *POSITION_COLUMNS):
+            if rows[c].dtype == np.float64:
+                continue
+            try:
+                rows[c] = rows[c].astype(np.float64)
+            except (TypeError, ValueError):
+                raise FairmarginInputError(
+                    f"fair-margin input: {c} must be a number, got {rows[c].iloc[0]!r}"
+                ) from None
         notional = rows["notional"].to_numpy(dtype=np.float64)
         if (~np.isfinite(notional) | (notional <= 0)).any():
-            raise FairmarginInputError("fair-margin input: notional must be a positive number")
+            bad = notional[~np.isfinite(notional) | (notional <= 0)][0]
+            raise FairmarginInputError(
+                f"fair-margin input: notional must be a positive number, got {float(bad)!r}"
+            )
+        for c in ("liquidation_cost_long", "liquidation_cost_short"):
+            v = rows[c].to_numpy(dtype=np.float64)
+            if (v < 0).any():
+                raise FairmarginInputError(
+                    f"fair-margin input: {c} must be a fraction >= 0, got {float(v[v < 0][0])!r}"
+                )
         cfg = self.cfg
         horizon = liquidation_horizon_minutes(
             notional,

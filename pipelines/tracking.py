@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -107,9 +107,14 @@ def log_model(
     *,
     register: bool = True,
     promote: bool = False,
+    challenge: Callable[[str], tuple[bool, Mapping[str, float]]] | None = None,
 ) -> tuple[str, str | None]:
     """Log the pyfunc (signature and input example from ``example``), register it as
-    ``fair-margin``; the first version, or ``promote``, takes the ``champion`` alias.
+    ``fair-margin`` and decide the ``champion`` alias: the first version takes it; ``promote``
+    forces it; otherwise, with ``challenge``, it moves only when ``challenge(champion_uri)``
+    says the new model beats the current champion on the same backtest (its comparison
+    metrics are logged to the active run, with the decision as tag
+    ``fairmargin.champion_decision``); without ``challenge`` the champion stays.
 
     Returns (model URI, registered version or None).
     """
@@ -140,13 +145,28 @@ def log_model(
     if version is not None:
         client = MlflowClient()
         try:
-            client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
-            has_champion = True
+            current = str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version)
         except Exception:  # the registry raises when the alias does not exist
-            has_champion = False
-        if promote or not has_champion:
+            current = None
+        if current is None:
+            decision = "first version"
+        elif promote:
+            decision = "forced (--promote)"
+        elif challenge is None:
+            decision = "kept: no comparison"
+        else:
+            wins, metrics = challenge(f"models:/{MODEL_NAME}/{current}")
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+            decision = (
+                f"challenger beats version {current}"
+                if wins
+                else f"kept version {current}: challenger does not beat it"
+            )
+            promote = wins
+        if current is None or promote:
             client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
-            log.info("%s version %s is now %s", MODEL_NAME, version, CHAMPION)
+            log.info("%s version %s is now %s (%s)", MODEL_NAME, version, CHAMPION, decision)
+        mlflow.set_tag("fairmargin.champion_decision", decision)
         return f"models:/{MODEL_NAME}/{version}", version
     return str(info.model_uri), None
 
