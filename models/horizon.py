@@ -153,7 +153,7 @@ def _implied_one_side(
             hg[seg] * np.exp(np.log(np.maximum(target, _TINY) / lo) / slope),
             hg[seg],
         )
-    h[inside] = hin[inside]
+    h[inside] = np.clip(hin[inside], hg[0], hg[-1])  # rounding must not leave the grid
     return h, cens
 
 
