@@ -356,8 +356,9 @@ class FilteredHSBaseline(_Baseline):
             )
         p = res.params
         omega, alpha, beta = float(p["omega"]), float(p["alpha[1]"]), float(p["beta[1]"])
-        if not (omega > 0 and alpha >= 0 and beta >= 0 and alpha + beta < 0.9999):
-            # a degenerate fit: fall back to RiskMetrics-like persistence on the sample variance
+        if not (omega > 0 and alpha >= 0 and beta >= 0 and alpha + beta < 0.995):
+            # a degenerate or near-integrated fit (its long-run variance explodes on a young
+            # contract): fall back to RiskMetrics-like persistence on the sample variance
             var = float(np.var(x))
             alpha, beta = 0.06, 0.93
             omega = var * (1.0 - alpha - beta)
