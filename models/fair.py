@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from features._checks import FairmarginInputError, require_columns
-from models.conformal import ScoreQuantiles, calibrate_scores
+from models.conformal import ScoreQuantiles, block_bootstrap_factor, calibrate_scores
 from models.horizon import interpolate_power_law, running_max
 from models.labels import SIDES, adverse_moves
 from models.quantile import QuantileMarginRegressor
@@ -250,7 +250,11 @@ class FairMarginModel:
     interval_level : confidence of [lower, upper].
     horizons_minutes : the label grid.
     regressor_params : passed to :class:`QuantileMarginRegressor`.
-    calibration_fraction, max_calibration_days, min_scores : the calibration window.
+    calibration_fraction, max_calibration_days, min_scores : the calibration window of the
+        ``"split"`` method.
+    calibration_method : ``"split"`` (default: train on the earlier part, calibrate on the most
+        recent ``calibration_fraction``) or ``"crossfit"`` (two time folds, each scored by a
+        model trained on the other, a day apart; the final model is trained on everything).
 
     Attributes
     ----------
@@ -259,7 +263,7 @@ class FairMarginModel:
     calibration_ : side -> {horizon: ScoreQuantiles}.
     horizons_ : grid horizons kept (enough labels and calibration scores).
     cutoff_ : the time the model was trained at: it saw nothing known after it.
-    metrics_ : pinball loss and exceedance rate on the calibration window, per side.
+    metrics_ : pinball loss and exceedance rate of the calibration scores (out of fold), per side.
     """
 
     coverage: float = 0.99
@@ -270,6 +274,7 @@ class FairMarginModel:
     max_calibration_days: float = 120.0
     min_scores: int = 200
     sample_every_minutes: int = 30
+    calibration_method: str = "split"
     features_: list[str] = field(default_factory=list)
     regressors_: dict[str, QuantileMarginRegressor] = field(default_factory=dict)
     calibration_: dict[str, dict[int, ScoreQuantiles]] = field(default_factory=dict)
@@ -278,8 +283,8 @@ class FairMarginModel:
     metrics_: dict[str, float] = field(default_factory=dict)
 
     def fit(self, labelled: pd.DataFrame, *, cutoff: pd.Timestamp) -> FairMarginModel:
-        """Train on rows known at ``cutoff``: the earlier part fits, the later part calibrates,
-        with a gap of the horizon between them (no training label overlaps calibration)."""
+        """Train on rows known at ``cutoff`` and calibrate on scores no model saw in training
+        (``calibration_method``); a gap separates every training label from the scores."""
         if not 0.5 < self.coverage < 1:
             raise FairmarginInputError(f"coverage must be in (0.5, 1), got {self.coverage!r}")
         self.features_ = feature_columns(labelled)
@@ -293,26 +298,52 @@ class FairMarginModel:
         t_ns = tf.t
         first, last = t_ns.min(), t_ns.max()
         span_days = (last - first) / 86_400e9
-        cal_days = min(self.calibration_fraction * span_days, self.max_calibration_days)
-        cal_start_ns = int(pd.Timestamp(cutoff).value - cal_days * 86_400e9)
         label_end_ns = t_ns + (tf.h * 60e9).astype(np.int64)
-        train = label_end_ns <= cal_start_ns
-        calib = t_ns >= cal_start_ns
-        if train.sum() < 1000 or calib.sum() < 100:
+        if self.calibration_method == "crossfit":
+            # two time folds: each is predicted by a model trained on the other (a gap of a
+            # day between them), so the scores cover the whole history, not one recent window
+            mid = int(first + (last - first) // 2)
+            gap = int(86_400e9)
+            folds = [
+                (t_ns < mid, t_ns >= mid + gap),
+                (t_ns >= mid, label_end_ns <= mid),
+            ]
+            cal_days = span_days
+        elif self.calibration_method == "split":
+            cal_days = min(self.calibration_fraction * span_days, self.max_calibration_days)
+            cal_start_ns = int(pd.Timestamp(cutoff).value - cal_days * 86_400e9)
+            folds = [(t_ns >= cal_start_ns, label_end_ns <= cal_start_ns)]
+        else:
             raise FairmarginInputError(
-                f"FairMarginModel.fit: too little history before {cutoff}: "
-                f"{int(train.sum())} training and {int(calib.sum())} calibration rows "
-                "(need >= 1000 and >= 100)"
+                "calibration method must be 'crossfit' or 'split', "
+                f"got {self.calibration_method!r}"
             )
+        calib = np.zeros(t_ns.size, dtype=bool)
+        for held, fit_rows in folds:
+            calib |= held
+            if fit_rows.sum() < 1000 or held.sum() < 100:
+                raise FairmarginInputError(
+                    f"FairMarginModel.fit: too little history before {cutoff}: "
+                    f"{int(fit_rows.sum())} training and {int(held.sum())} calibration rows "
+                    "(need >= 1000 and >= 100)"
+                )
         n_groups = max(len(np.unique(tf.base[calib])), 1)
+        rng = np.random.default_rng(int(self.regressor_params.get("random_state", 0)))
         kept: list[int] = []
         for side in SIDES:
-            reg = QuantileMarginRegressor(coverage=self.coverage, **self.regressor_params)
-            reg.fit(tf.X[train], tf.y[side][train])
+            pred_all = np.full(t_ns.size, np.nan)
+            for held, fit_rows in folds:
+                reg = QuantileMarginRegressor(coverage=self.coverage, **self.regressor_params)
+                reg.fit(tf.X[fit_rows], tf.y[side][fit_rows])
+                pred_all[held] = reg.predict(tf.X[held])
+            if self.calibration_method == "crossfit":
+                reg = QuantileMarginRegressor(coverage=self.coverage, **self.regressor_params)
+                reg.fit(tf.X, tf.y[side])
             self.regressors_[side] = reg
-            pred = np.maximum(reg.predict(tf.X[calib]), 1e-6)
+            pred = np.maximum(pred_all[calib], 1e-6)
             y_cal = tf.y[side][calib]
             h_cal = tf.h[calib]
+            t_cal = t_ns[calib]
             self.calibration_[side] = {}
             for h in self.horizons_minutes:
                 m = h_cal == h
@@ -320,12 +351,29 @@ class FairMarginModel:
                     continue
                 # independent scores: non-overlapping windows per underlying in the window
                 n_eff = n_groups * max(cal_days * 1440.0 / h - 1.0, 1.0)
-                self.calibration_[side][h] = calibrate_scores(
+                sq = calibrate_scores(
                     y_cal[m] / pred[m],
                     coverage=self.coverage,
                     interval_level=self.interval_level,
                     n_eff=n_eff,
                 )
+                # tails cluster in time (regimes, jumps): widen to a block bootstrap over
+                # blocks of max(3 days, h) when that is wider than the binomial bound
+                block_ns = int(max(3 * 1440.0, float(h)) * 60e9)
+                b_lo, b_hi = block_bootstrap_factor(
+                    y_cal[m] / pred[m],
+                    t_cal[m] // block_ns,
+                    coverage=self.coverage,
+                    interval_level=self.interval_level,
+                    rng=rng,
+                )
+                if np.isfinite(b_lo) and np.isfinite(b_hi):
+                    sq = replace(
+                        sq,
+                        factor_lower=min(sq.factor_lower, b_lo, sq.factor),
+                        factor_upper=max(sq.factor_upper, b_hi, sq.factor),
+                    )
+                self.calibration_[side][h] = sq
             self.metrics_.update(_side_metrics(side, y_cal, pred, self.coverage))
         kept = [h for h in self.horizons_minutes if all(h in self.calibration_[s] for s in SIDES)]
         if len(kept) < 2:
@@ -338,7 +386,7 @@ class FairMarginModel:
         log.info(
             "fitted fair-margin model at %s on %d rows, horizons %s",
             cutoff,
-            int(train.sum()),
+            int(t_ns.size),
             kept,
         )
         return self

@@ -35,6 +35,7 @@ class DataConfig:
     quote_tolerance_minutes: float = 180.0
     funding_tolerance_minutes: float = 720.0
     price_tolerance_minutes: float = 1440.0
+    scale_halflife_minutes: float = 480.0
 
     def __post_init__(self) -> None:
         hs = tuple(int(h) for h in self.horizons_minutes)
@@ -51,11 +52,16 @@ class DataConfig:
 
 @dataclass(frozen=True, slots=True)
 class CalibrationConfig:
+    method: str = "split"
     window_fraction: float = 0.30
     max_window_days: float = 120.0
     min_scores: int = 200
 
     def __post_init__(self) -> None:
+        if self.method not in ("crossfit", "split"):
+            raise FairmarginInputError(
+                f"calibration.method must be 'crossfit' or 'split', got {self.method!r}"
+            )
         if not 0 < self.window_fraction < 1:
             raise FairmarginInputError(
                 f"calibration.window_fraction must be in (0, 1), got {self.window_fraction!r}"

@@ -66,6 +66,7 @@ def panel_spec(cfg: ExperimentConfig) -> PanelSpec:
         book_tolerance_minutes=cfg.data.book_tolerance_minutes,
         quote_tolerance_minutes=cfg.data.quote_tolerance_minutes,
         funding_tolerance_minutes=cfg.data.funding_tolerance_minutes,
+        scale_halflife_minutes=cfg.data.scale_halflife_minutes,
     )
 
 
@@ -96,6 +97,7 @@ def train_model(
             "n_jobs": cfg.model.n_jobs,
             "random_state": cfg.random_state,
         },
+        calibration_method=cfg.calibration.method,
         calibration_fraction=cfg.calibration.window_fraction,
         max_calibration_days=cfg.calibration.max_window_days,
         min_scores=cfg.calibration.min_scores,

@@ -60,3 +60,34 @@ def test_fractional_n_eff_gives_finite_bounds():
     c = calibrate_scores(s, coverage=0.99, n_eff=77.4)
     assert np.isfinite([c.factor_lower, c.factor_upper]).all()
     assert c.factor_lower < c.factor < c.factor_upper
+
+
+def test_block_bootstrap_widens_when_tails_cluster():
+    from models.conformal import block_bootstrap_factor
+
+    rng = np.random.default_rng(6)
+    n_days, per_day = 60, 100
+    days = np.repeat(np.arange(n_days), per_day)
+    iid = rng.standard_normal(n_days * per_day)
+    # the same marginal scale, but each day draws its own volatility: tails come in bunches
+    clustered = rng.standard_normal(n_days * per_day) * np.repeat(
+        rng.lognormal(0.0, 0.6, n_days), per_day
+    )
+    lo_i, hi_i = block_bootstrap_factor(iid, days, coverage=0.99, rng=np.random.default_rng(1))
+    lo_c, hi_c = block_bootstrap_factor(
+        clustered, days, coverage=0.99, rng=np.random.default_rng(1)
+    )
+    true_iid = stats.norm.ppf(0.99)
+    assert lo_i < true_iid < hi_i
+    # relative width: clustered tails leave the 99 % quantile far less certain
+    c_c = calibrate_scores(clustered, coverage=0.99).factor
+    assert (hi_c - lo_c) / c_c > 2 * (hi_i - lo_i) / true_iid
+
+
+def test_block_bootstrap_rejects_misaligned_inputs():
+    from models.conformal import block_bootstrap_factor
+
+    with pytest.raises(FairmarginInputError, match="scores and blocks must align"):
+        block_bootstrap_factor(
+            np.ones(30), np.ones(29), coverage=0.99, rng=np.random.default_rng()
+        )
