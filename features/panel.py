@@ -73,7 +73,7 @@ class PanelSpec:
     quote_tolerance_minutes: float = 180.0
     funding_tolerance_minutes: float = 720.0
     volume_window_days: float = 7.0
-    scale_halflife_minutes: float = 480.0
+    scale_halflife_minutes: float = 1440.0
     min_scale_halflife_bars: float = 11.0
     resilience_window: int = 120
     resilience_min_pairs: int = 30
