@@ -51,6 +51,10 @@ def configure_tracking() -> str:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
+    # mlflow sets its loggers to INFO when imported: database set-up and registry chatter
+    # stay quiet unless the caller logs at INFO itself (fairmargin -v)
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     return uri
