@@ -113,20 +113,23 @@ def model_matrix(
     sigma_ann = rows["sigma_ann"].to_numpy(dtype=np.float64)
     sigma_bar = rows["sigma_bar"].to_numpy(dtype=np.float64)
     traded = rows["traded_notional_per_minute"].to_numpy(dtype=np.float64)
-    out: dict[str, NDArray[np.float64]] = {}
+    names = list(features)
+    # one block conversion (a missing feature family is NaN), then per-family scaling by column
+    v = np.array(rows.reindex(columns=names).to_numpy(dtype=np.float64, na_value=np.nan))
+    vol = np.array([c.startswith(_VOL_PREFIXES) for c in names], dtype=bool)
+    bar = np.array([c.startswith(_BAR_PREFIXES) for c in names], dtype=bool) & ~vol
+    depth = np.array([c.startswith(_DEPTH_PREFIXES) for c in names], dtype=bool) & ~vol & ~bar
     with np.errstate(divide="ignore", invalid="ignore"):
-        for c in features:
-            v = rows[c].to_numpy(dtype=np.float64) if c in rows else np.full(len(rows), np.nan)
-            if c.startswith(_VOL_PREFIXES):
-                v = v / sigma_ann
-            elif c.startswith(_BAR_PREFIXES):
-                v = v / sigma_bar
-            elif c.startswith(_DEPTH_PREFIXES):
-                v = np.log1p(np.maximum(v, 0.0) / traded)
-            out[c] = np.where(np.isfinite(v), v, np.nan)
-        out["log_sigma_ann"] = np.log(sigma_ann)
-        out["log_h"] = np.log(np.asarray(horizon_minutes, dtype=np.float64))
-    return pd.DataFrame(out, index=rows.index)
+        v[:, vol] /= sigma_ann[:, None]
+        v[:, bar] /= sigma_bar[:, None]
+        v[:, depth] = np.log1p(np.maximum(v[:, depth], 0.0) / traded[:, None])
+        v[~np.isfinite(v)] = np.nan
+        extra = np.column_stack(
+            [np.log(sigma_ann), np.log(np.asarray(horizon_minutes, dtype=np.float64))]
+        )
+    return pd.DataFrame(
+        np.hstack([v, extra]), index=rows.index, columns=[*names, "log_sigma_ann", "log_h"]
+    )
 
 
 @dataclass(frozen=True)
