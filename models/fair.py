@@ -407,7 +407,9 @@ class FairMarginModel:
         hi: dict[str, NDArray[np.float64]] = {}
         X = model_matrix(rows.loc[rows.index.repeat(g)], np.tile(hs, n), features=self.features_)
         for side in SIDES:
-            raw = np.maximum(self.regressors_[side].predict(X).reshape(n, g), 1e-6)
+            # X is built by model_matrix in the fitted column order: skip sklearn's checks
+            pred = self.regressors_[side].predict_unchecked(X.to_numpy())
+            raw = np.maximum(pred.reshape(n, g), 1e-6)
             cal = [self.calibration_[side][int(h)] for h in hs]
             fac = np.array([c.factor for c in cal])
             q[side] = running_max(raw * fac * scale)

@@ -86,6 +86,17 @@ class QuantileMarginRegressor(RegressorMixin, BaseEstimator):
         X_arr = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
         return np.asarray(self.booster_.predict(X_arr), dtype=np.float64)
 
+    def predict_unchecked(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``predict`` without scikit-learn's input validation, for hot paths whose matrix is
+        built in the fitted column order (``models.fair.model_matrix``); about 1 ms less a call.
+        """
+        check_is_fitted(self)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"predict_unchecked: X must have {self.n_features_in_} columns, got {X.shape}"
+            )
+        return np.asarray(self.booster_.predict(X), dtype=np.float64)
+
     def contributions(self, X: pd.DataFrame | NDArray[Any]) -> NDArray[np.float64]:
         """Per-row feature contributions (LightGBM ``pred_contrib``): (n, n_features + 1), the
         last column the bias; each row sums to ``predict``."""

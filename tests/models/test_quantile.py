@@ -46,3 +46,11 @@ def test_bad_coverage():
     X, y = _hetero(100, 4)
     with pytest.raises(ValueError, match=r"coverage must be in \(0.5, 1\)"):
         QuantileMarginRegressor(coverage=0.3).fit(X, y)
+
+
+def test_unchecked_predict_equals_predict_and_checks_the_width():
+    X, y = _hetero(2000, 5)
+    reg = QuantileMarginRegressor(n_estimators=20).fit(X, y)
+    np.testing.assert_array_equal(reg.predict_unchecked(X.to_numpy()), reg.predict(X))
+    with pytest.raises(ValueError, match="must have 1 columns"):
+        reg.predict_unchecked(np.ones((3, 2)))
