@@ -24,10 +24,15 @@ class QuantileMarginRegressor(RegressorMixin, BaseEstimator):
     reg_lambda : LightGBM parameters (see ``lightgbm.LGBMRegressor``).
     n_jobs : threads; 2 on the reference machine.
     random_state : seed; the same seed gives the same model.
+    n_seeds : boosters fitted with seeds ``random_state, random_state + 1, ...`` whose
+        predictions are averaged (seed bagging). Row and column subsampling make a single
+        tail-quantile booster noticeably seed-dependent; the average is steadier at the cost of
+        ``n_seeds`` times the training time.
 
     Attributes
     ----------
-    booster_ : the fitted ``lightgbm.LGBMRegressor``.
+    boosters_ : the fitted ``lightgbm.LGBMRegressor`` per seed.
+    booster_ : the first of them.
     feature_names_in_ : feature names seen in ``fit`` (when X is a DataFrame).
     n_features_in_ : number of features.
     """
@@ -44,6 +49,7 @@ class QuantileMarginRegressor(RegressorMixin, BaseEstimator):
         reg_lambda: float = 1.0,
         n_jobs: int = 2,
         random_state: int = 0,
+        n_seeds: int = 1,
     ) -> None:
         self.coverage = coverage
         self.n_estimators = n_estimators
@@ -55,14 +61,25 @@ class QuantileMarginRegressor(RegressorMixin, BaseEstimator):
         self.reg_lambda = reg_lambda
         self.n_jobs = n_jobs
         self.random_state = random_state
+        self.n_seeds = n_seeds
 
     def fit(
         self, X: pd.DataFrame | NDArray[Any], y: pd.Series | NDArray[Any], **fit_params: Any
     ) -> Self:
         if not 0.5 < self.coverage < 1:
             raise ValueError(f"coverage must be in (0.5, 1), got {self.coverage!r}")
+        if int(self.n_seeds) < 1:
+            raise ValueError(f"n_seeds must be >= 1, got {self.n_seeds!r}")
         X_arr, y_arr = validate_data(self, X, y, ensure_all_finite="allow-nan", y_numeric=True)
-        self.booster_ = lgb.LGBMRegressor(
+        self.boosters_ = [
+            self._booster(self.random_state + i).fit(X_arr, y_arr, **fit_params)
+            for i in range(int(self.n_seeds))
+        ]
+        self.booster_ = self.boosters_[0]
+        return self
+
+    def _booster(self, seed: int) -> lgb.LGBMRegressor:
+        return lgb.LGBMRegressor(
             objective="quantile",
             alpha=self.coverage,
             n_estimators=self.n_estimators,
@@ -74,17 +91,24 @@ class QuantileMarginRegressor(RegressorMixin, BaseEstimator):
             colsample_bytree=self.colsample_bytree,
             reg_lambda=self.reg_lambda,
             n_jobs=self.n_jobs,
-            random_state=self.random_state,
+            random_state=seed,
             deterministic=True,
             force_col_wise=True,
             verbose=-1,
-        ).fit(X_arr, y_arr, **fit_params)
-        return self
+        )
+
+    def _mean(self, X: NDArray[Any], **kwargs: Any) -> NDArray[np.float64]:
+        # one booster per seed (models pickled before seed bagging have only booster_)
+        boosters = getattr(self, "boosters_", None) or [self.booster_]
+        out = np.asarray(boosters[0].predict(X, **kwargs), dtype=np.float64)
+        for b in boosters[1:]:
+            out = out + np.asarray(b.predict(X, **kwargs), dtype=np.float64)
+        return out / len(boosters)
 
     def predict(self, X: pd.DataFrame | NDArray[Any]) -> NDArray[np.float64]:
         check_is_fitted(self)
         X_arr = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
-        return np.asarray(self.booster_.predict(X_arr), dtype=np.float64)
+        return self._mean(X_arr)
 
     def predict_unchecked(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
         """``predict`` without scikit-learn's input validation, for hot paths whose matrix is
@@ -95,14 +119,26 @@ class QuantileMarginRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(
                 f"predict_unchecked: X must have {self.n_features_in_} columns, got {X.shape}"
             )
-        return np.asarray(self.booster_.predict(X), dtype=np.float64)
+        return self._mean(X)
+
+    def contributions_unchecked(self, X: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``contributions`` without scikit-learn's input validation (see
+        ``predict_unchecked``)."""
+        check_is_fitted(self)
+        return self._mean(X, pred_contrib=True)
+
+    def set_threads(self, n_jobs: int) -> None:
+        """Threads used by predictions from now on (1 is fastest on small inputs)."""
+        for b in getattr(self, "boosters_", None) or [self.booster_]:
+            b.set_params(n_jobs=n_jobs)
 
     def contributions(self, X: pd.DataFrame | NDArray[Any]) -> NDArray[np.float64]:
         """Per-row feature contributions (LightGBM ``pred_contrib``): (n, n_features + 1), the
-        last column the bias; each row sums to ``predict``."""
+        last column the bias; each row sums to ``predict`` (with several seeds, the mean of the
+        boosters' contributions)."""
         check_is_fitted(self)
         X_arr = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
-        return np.asarray(self.booster_.predict(X_arr, pred_contrib=True), dtype=np.float64)
+        return self._mean(X_arr, pred_contrib=True)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

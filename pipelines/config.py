@@ -78,12 +78,15 @@ class ModelConfig:
     colsample_bytree: float = 0.8
     reg_lambda: float = 1.0
     n_jobs: int = 2
+    n_seeds: int = 1
 
     def __post_init__(self) -> None:
         if self.n_estimators < 1:
             raise FairmarginInputError(
                 f"model.n_estimators must be >= 1, got {self.n_estimators!r}"
             )
+        if self.n_seeds < 1:
+            raise FairmarginInputError(f"model.n_seeds must be >= 1, got {self.n_seeds!r}")
 
 
 @dataclass(frozen=True, slots=True)

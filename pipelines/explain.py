@@ -279,9 +279,9 @@ def contributions(
     X_arr = X.to_numpy(dtype=np.float64)
     pp: dict[str, NDArray[np.float64]] = {}
     for side in SIDES:
-        booster = model.regressors_[side].booster_  # X has the fitted columns, in order
+        reg = model.regressors_[side]  # X has the fitted columns, in order
         if only is None:
-            raw = np.asarray(booster.predict(X_arr, pred_contrib=True))[:, :-1]
+            raw = reg.contributions_unchecked(X_arr)[:, :-1]
             raw = raw.reshape(n, g, len(names))
             pp[side] = raw * (grid.scale * factor[side][None, :])[:, :, None] * 100.0
             continue
@@ -290,7 +290,7 @@ def contributions(
         rows_s, gi_s = sel[mine], gi[sel][mine]
         if rows_s.size == 0:
             continue
-        raw = np.asarray(booster.predict(X_arr[mine], pred_contrib=True))[:, :-1]
+        raw = reg.contributions_unchecked(X_arr[mine])[:, :-1]
         scale = grid.scale[rows_s, gi_s] * factor[side][gi_s]
         pp[side][rows_s, gi_s] = raw * scale[:, None] * 100.0
     values = np.full((n, len(names)), np.nan)

@@ -95,6 +95,7 @@ def train_model(
             "colsample_bytree": cfg.model.colsample_bytree,
             "reg_lambda": cfg.model.reg_lambda,
             "n_jobs": cfg.model.n_jobs,
+            "n_seeds": cfg.model.n_seeds,
             "random_state": cfg.random_state,
         },
         calibration_method=cfg.calibration.method,

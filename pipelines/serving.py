@@ -40,9 +40,8 @@ def single_thread(model: FairMarginModel) -> None:
     """Make the model's LightGBM predictions single-threaded (same numbers, less overhead on
     small inputs)."""
     for reg in model.regressors_.values():
-        booster = getattr(reg, "booster_", None)
-        if booster is not None:
-            booster.set_params(n_jobs=1)
+        if getattr(reg, "booster_", None) is not None:
+            reg.set_threads(1)
 
 
 def input_columns(model: FairMarginModel) -> list[str]:

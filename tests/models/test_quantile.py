@@ -54,3 +54,26 @@ def test_unchecked_predict_equals_predict_and_checks_the_width():
     np.testing.assert_array_equal(reg.predict_unchecked(X.to_numpy()), reg.predict(X))
     with pytest.raises(ValueError, match="must have 1 columns"):
         reg.predict_unchecked(np.ones((3, 2)))
+
+
+def test_seed_bagging_averages_the_single_seed_boosters():
+    X, y = _hetero(5000, 6)
+    x2 = X.assign(z=np.random.default_rng(7).standard_normal(len(X)))  # colsample has a choice
+    bag = QuantileMarginRegressor(n_estimators=20, random_state=4, n_seeds=3).fit(x2, y)
+    singles = [
+        QuantileMarginRegressor(n_estimators=20, random_state=4 + i).fit(x2, y) for i in range(3)
+    ]
+    expected = np.mean([s.predict(x2) for s in singles], axis=0)
+    np.testing.assert_allclose(bag.predict(x2), expected, rtol=1e-12)
+    assert not np.allclose(singles[0].predict(x2), singles[1].predict(x2))  # seeds differ
+    contrib = bag.contributions(x2.head(10))
+    np.testing.assert_allclose(contrib.sum(axis=1), bag.predict(x2.head(10)), rtol=1e-9)
+    np.testing.assert_allclose(
+        bag.contributions_unchecked(x2.head(10).to_numpy()), contrib, rtol=1e-12
+    )
+
+
+def test_bad_n_seeds():
+    X, y = _hetero(100, 8)
+    with pytest.raises(ValueError, match="n_seeds must be >= 1, got 0"):
+        QuantileMarginRegressor(n_seeds=0).fit(X, y)
