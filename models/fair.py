@@ -7,6 +7,12 @@ all venues, contracts and grid horizons (the horizon is an input). Per side, a
 window turns ratio scores into per-horizon factors and an interval (:mod:`models.conformal`).
 Quantiles are made monotone in H by a running maximum along the grid (LightGBM refuses monotone
 constraints with the quantile objective).
+
+The two sides are separate models, so a tail that happened to be fatter on one side in a short
+history makes that side's margin higher than the other's even where the market is symmetric.
+With ``side_asymmetry_z`` the log ratio of the sides is shrunk towards zero per horizon, by how
+well the labelled history supports an asymmetry (:func:`side_asymmetry_weight`): a real,
+persistent skew (crash risk) is kept; sampling noise is not.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ __all__ = [
     "add_labels",
     "feature_columns",
     "model_matrix",
+    "side_asymmetry_weight",
     "training_frame",
 ]
 
@@ -253,11 +260,16 @@ class FairMarginModel:
     interval_level : confidence of [lower, upper].
     horizons_minutes : the label grid.
     regressor_params : passed to :class:`QuantileMarginRegressor`.
-    calibration_fraction, max_calibration_days, min_scores : the calibration window of the
-        ``"split"`` method.
+    calibration_fraction, max_calibration_days : the calibration window of the ``"split"``
+        method.
+    min_scores : a horizon with fewer calibration scores than this is dropped from the grid.
     calibration_method : ``"split"`` (default: train on the earlier part, calibrate on the most
         recent ``calibration_fraction``) or ``"crossfit"`` (two time folds, each scored by a
         model trained on the other, a day apart; the final model is trained on everything).
+    side_asymmetry_z : shrink the long/short log ratio of the quantiles per horizon by the
+        weight :func:`side_asymmetry_weight` estimates from the labelled history: an asymmetry
+        less than ``side_asymmetry_z`` standard errors wide is dropped, wider ones are kept in
+        part (0: keep each side's model as it is).
 
     Attributes
     ----------
@@ -267,6 +279,8 @@ class FairMarginModel:
     horizons_ : grid horizons kept (enough labels and calibration scores).
     cutoff_ : the time the model was trained at: it saw nothing known after it.
     metrics_ : pinball loss and exceedance rate of the calibration scores (out of fold), per side.
+    side_weights_ : horizon -> weight in [0, 1] kept of the model's long/short log ratio (1: as
+        fitted, 0: both sides at their geometric mean).
     """
 
     coverage: float = 0.99
@@ -278,12 +292,14 @@ class FairMarginModel:
     min_scores: int = 200
     sample_every_minutes: int = 30
     calibration_method: str = "split"
+    side_asymmetry_z: float = 2.576
     features_: list[str] = field(default_factory=list)
     regressors_: dict[str, QuantileMarginRegressor] = field(default_factory=dict)
     calibration_: dict[str, dict[int, ScoreQuantiles]] = field(default_factory=dict)
     horizons_: tuple[int, ...] = ()
     cutoff_: pd.Timestamp | None = None
     metrics_: dict[str, float] = field(default_factory=dict)
+    side_weights_: dict[int, float] = field(default_factory=dict)
 
     def fit(self, labelled: pd.DataFrame, *, cutoff: pd.Timestamp) -> FairMarginModel:
         """Train on rows known at ``cutoff`` and calibrate on scores no model saw in training
@@ -350,7 +366,7 @@ class FairMarginModel:
             self.calibration_[side] = {}
             for h in self.horizons_minutes:
                 m = h_cal == h
-                if m.sum() < 20:
+                if m.sum() < max(self.min_scores, 20):
                     continue
                 # independent scores: non-overlapping windows per underlying in the window
                 n_eff = n_groups * max(cal_days * 1440.0 / h - 1.0, 1.0)
@@ -386,6 +402,20 @@ class FairMarginModel:
             )
         self.horizons_ = tuple(kept)
         self.cutoff_ = cutoff
+        self.side_weights_ = {}
+        if self.side_asymmetry_z > 0:
+            # blocks of 3 days (tails cluster), shorter in a short history: >= 10 blocks
+            for h in kept:
+                m = tf.h == h
+                self.side_weights_[h] = side_asymmetry_weight(
+                    tf.y["long"][m],
+                    tf.y["short"][m],
+                    t_ns[m] // int(max(min(3 * 1440.0, span_days * 144.0), float(h)) * 60e9),
+                    coverage=self.coverage,
+                    z=self.side_asymmetry_z,
+                    rng=rng,
+                )
+            self.metrics_.update({f"side_weight_{h}": w for h, w in self.side_weights_.items()})
         log.info(
             "fitted fair-margin model at %s on %d rows, horizons %s",
             cutoff,
@@ -419,7 +449,64 @@ class FairMarginModel:
             hi[side] = np.maximum(
                 running_max(raw * np.array([c.factor_upper for c in cal]) * scale), q[side]
             )
+        weights = getattr(self, "side_weights_", None)  # absent from models pickled before
+        if weights:
+            w = np.array([weights.get(int(h), 1.0) for h in hs])[None, :]
+            mid = np.sqrt(q["long"] * q["short"])
+            for side in SIDES:
+                # q' = mid x (q / mid)^w; bounds move by the same ratio, then monotone in H
+                ratio = (mid / q[side]) ** (1.0 - w)
+                q[side] = running_max(q[side] * ratio)
+                lo[side] = np.minimum(running_max(lo[side] * ratio), q[side])
+                hi[side] = np.maximum(running_max(hi[side] * ratio), q[side])
         return QuantileGrid(horizons=hs, quantile=q, lower=lo, upper=hi, scale=scale)
+
+
+def side_asymmetry_weight(
+    y_long: NDArray[np.float64],
+    y_short: NDArray[np.float64],
+    blocks: NDArray[np.int64],
+    *,
+    coverage: float,
+    z: float,
+    rng: np.random.Generator,
+    n_boot: int = 200,
+) -> float:
+    """How much of a long/short asymmetry the data support, in [0, 1].
+
+    ``a = log Q_q(y_long) - log Q_q(y_short)`` on the pooled (volatility-scaled) labels of one
+    horizon; its sampling variance ``v`` comes from a bootstrap over whole blocks of time (tails
+    cluster, windows overlap). The weight ``max(0, 1 - z^2 v / a^2)`` is a positive-part
+    James-Stein factor at a significance level: an asymmetry less than ``z`` standard errors wide
+    is shrunk to nothing (2.576: a two-sided 1 % test, as strict as the 99 % margin itself), one
+    many standard errors wide is kept. The margin is the larger side, so a noisy difference would
+    otherwise bias it upwards. With fewer than 10 blocks or 5 tail labels the data cannot support
+    an asymmetry: 0.
+    """
+    yl = np.asarray(y_long, dtype=np.float64)
+    ys = np.asarray(y_short, dtype=np.float64)
+    b = np.asarray(blocks)
+    ok = np.isfinite(yl) & np.isfinite(ys) & (yl > 0) & (ys > 0)
+    yl, ys, b = yl[ok], ys[ok], b[ok]
+    _, inverse = np.unique(b, return_inverse=True)
+    n_blocks = int(inverse.max()) + 1 if inverse.size else 0
+    if n_blocks < 10 or yl.size * (1.0 - coverage) < 5:
+        return 0.0
+    a = float(np.log(np.quantile(yl, coverage)) - np.log(np.quantile(ys, coverage)))
+    order = np.argsort(inverse, kind="stable")
+    yl, ys, inverse = yl[order], ys[order], inverse[order]
+    starts = np.searchsorted(inverse, np.arange(n_blocks))
+    lengths = np.diff(np.append(starts, inverse.size))
+    draws = np.empty(n_boot)
+    for i in range(n_boot):
+        pick = rng.integers(0, n_blocks, n_blocks)
+        lens = lengths[pick]
+        idx = np.repeat(starts[pick] - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+        draws[i] = np.log(np.quantile(yl[idx], coverage)) - np.log(np.quantile(ys[idx], coverage))
+    v = z * z * float(np.var(draws))
+    if a * a <= v:
+        return 0.0
+    return 1.0 - v / (a * a)
 
 
 def _side_metrics(

@@ -56,8 +56,13 @@ class CalibrationConfig:
     window_fraction: float = 0.30
     max_window_days: float = 120.0
     min_scores: int = 200
+    side_asymmetry_z: float = 2.576
 
     def __post_init__(self) -> None:
+        if not self.side_asymmetry_z >= 0:
+            raise FairmarginInputError(
+                f"calibration.side_asymmetry_z must be >= 0, got {self.side_asymmetry_z!r}"
+            )
         if self.method not in ("crossfit", "split"):
             raise FairmarginInputError(
                 f"calibration.method must be 'crossfit' or 'split', got {self.method!r}"

@@ -1,13 +1,16 @@
 """The fair-margin model recovers a known quantile: driftless GBM, where the reflection principle
 gives the q-quantile of the running minimum."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
 from features._checks import FairmarginInputError
-from models.fair import FairMarginModel, add_labels
+from models.fair import FairMarginModel, add_labels, side_asymmetry_weight
+from models.horizon import running_max
 
 SIGMAS = {"A": 0.5, "B": 0.8, "C": 1.1}  # annualised
 MIN_PER_YEAR = 365 * 1440
@@ -118,3 +121,71 @@ def test_too_little_history_is_a_clear_error():
     labelled = add_labels(_panel(days=3), horizons_minutes=(15, 60))
     with pytest.raises(FairmarginInputError, match="too little history"):
         FairMarginModel(horizons_minutes=(15, 60)).fit(labelled, cutoff=labelled["t"].max())
+
+
+def _blocks(n, per_block):
+    return np.arange(n) // per_block
+
+
+def test_side_weight_shrinks_noise_and_keeps_a_real_skew():
+    rng = np.random.default_rng(5)
+    n = 20_000
+    # symmetric: both sides from the same law, independent draws; any sample skew is noise
+    weights = [
+        side_asymmetry_weight(
+            np.abs(rng.standard_t(4, n)),
+            np.abs(rng.standard_t(4, n)),
+            _blocks(n, 100),
+            coverage=0.99,
+            z=1.0,
+            rng=rng,
+        )
+        for _ in range(5)
+    ]
+    assert np.mean(weights) < 0.5
+    # a real skew: the short side's tail 1.6x the long side's on every draw
+    w_skew = side_asymmetry_weight(
+        np.abs(rng.standard_t(4, n)),
+        1.6 * np.abs(rng.standard_t(4, n)),
+        _blocks(n, 100),
+        coverage=0.99,
+        z=2.576,
+        rng=rng,
+    )
+    assert w_skew > 0.9
+    # too few blocks to support any asymmetry, however skewed the sample: symmetric
+    few = side_asymmetry_weight(
+        np.abs(rng.standard_t(4, 900)),
+        3.0 * np.abs(rng.standard_t(4, 900)),
+        _blocks(900, 100),
+        coverage=0.99,
+        z=1.0,
+        rng=rng,
+    )
+    assert few == 0.0
+
+
+def test_side_weight_zero_puts_both_sides_at_their_geometric_mean(fitted):
+    model, labelled = fitted
+    rows = labelled.dropna(subset=["sigma_bar"]).tail(50)
+    plain = replace(model, side_weights_={}).quantile_grid(rows)
+    shrunk = replace(model, side_weights_=dict.fromkeys(model.horizons_, 0.0)).quantile_grid(rows)
+    kept = replace(model, side_weights_=dict.fromkeys(model.horizons_, 1.0)).quantile_grid(rows)
+    mid = np.sqrt(plain.quantile["long"] * plain.quantile["short"])
+    np.testing.assert_allclose(shrunk.quantile["long"], shrunk.quantile["short"], rtol=1e-12)
+    np.testing.assert_allclose(shrunk.quantile["long"], running_max(mid), rtol=1e-12)
+    np.testing.assert_allclose(kept.quantile["short"], plain.quantile["short"], rtol=1e-12)
+    for side in ("long", "short"):
+        assert (shrunk.lower[side] <= shrunk.quantile[side]).all()
+        assert (shrunk.quantile[side] <= shrunk.upper[side]).all()
+        assert (np.diff(shrunk.quantile[side], axis=1) >= 0).all()
+
+
+def test_fit_records_a_side_weight_per_horizon(fitted):
+    model, _ = fitted
+    assert set(model.side_weights_) == set(model.horizons_)
+    assert all(0.0 <= w <= 1.0 for w in model.side_weights_.values())
+    assert (
+        model.metrics_[f"side_weight_{model.horizons_[0]}"]
+        == model.side_weights_[model.horizons_[0]]
+    )
