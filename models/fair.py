@@ -263,6 +263,9 @@ class FairMarginModel:
     calibration_fraction, max_calibration_days : the calibration window of the ``"split"``
         method.
     min_scores : a horizon with fewer calibration scores than this is dropped from the grid.
+    min_independent_scores : so is a horizon whose calibration window holds fewer
+        non-overlapping windows than this (summed over underlyings): its factor would be a guess;
+        the power law through the shorter horizons extends the grid instead.
     calibration_method : ``"split"`` (default: train on the earlier part, calibrate on the most
         recent ``calibration_fraction``) or ``"crossfit"`` (two time folds, each scored by a
         model trained on the other, a day apart; the final model is trained on everything).
@@ -290,6 +293,7 @@ class FairMarginModel:
     calibration_fraction: float = 0.30
     max_calibration_days: float = 120.0
     min_scores: int = 200
+    min_independent_scores: float = 20.0
     sample_every_minutes: int = 30
     calibration_method: str = "split"
     side_asymmetry_z: float = 2.576
@@ -370,6 +374,8 @@ class FairMarginModel:
                     continue
                 # independent scores: non-overlapping windows per underlying in the window
                 n_eff = n_groups * max(cal_days * 1440.0 / h - 1.0, 1.0)
+                if n_eff < self.min_independent_scores:
+                    continue
                 sq = calibrate_scores(
                     y_cal[m] / pred[m],
                     coverage=self.coverage,

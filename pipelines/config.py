@@ -56,6 +56,7 @@ class CalibrationConfig:
     window_fraction: float = 0.30
     max_window_days: float = 120.0
     min_scores: int = 200
+    min_independent_scores: float = 20.0
     side_asymmetry_z: float = 2.576
 
     def __post_init__(self) -> None:

@@ -102,6 +102,7 @@ def train_model(
         calibration_fraction=cfg.calibration.window_fraction,
         max_calibration_days=cfg.calibration.max_window_days,
         min_scores=cfg.calibration.min_scores,
+        min_independent_scores=cfg.calibration.min_independent_scores,
         side_asymmetry_z=cfg.calibration.side_asymmetry_z,
         sample_every_minutes=cfg.data.sample_every_minutes,
     )

@@ -189,3 +189,24 @@ def test_fit_records_a_side_weight_per_horizon(fitted):
         model.metrics_[f"side_weight_{model.horizons_[0]}"]
         == model.side_weights_[model.horizons_[0]]
     )
+
+
+def test_a_horizon_with_too_few_independent_windows_leaves_the_grid(fitted):
+    _, labelled = fitted
+    # 60 days, a 30 % calibration window of 18 days, 3 underlyings: at 240 minutes
+    # 3 x (18 x 1440 / 240 - 1) = 321 non-overlapping windows, at 60 minutes 1293
+    model = FairMarginModel(
+        coverage=0.99,
+        horizons_minutes=(15, 60, 240),
+        sample_every_minutes=15,
+        min_independent_scores=400,
+        regressor_params={"n_estimators": 10, "min_child_samples": 100, "n_jobs": 2},
+    ).fit(labelled, cutoff=labelled["t"].max())
+    assert model.horizons_ == (15, 60)
+    rows = labelled.dropna(subset=["sigma_bar"]).tail(3)
+    grid = model.quantile_grid(rows)
+    # beyond the grid the power law through the last two horizons carries on
+    q240 = grid.at("long", np.full(3, 240.0))
+    q15, q60 = grid.quantile["long"][:, 0], grid.quantile["long"][:, 1]
+    b = np.log(q60 / q15) / np.log(60 / 15)
+    np.testing.assert_allclose(q240, q60 * (240 / 60) ** b, rtol=1e-9)
