@@ -13,8 +13,18 @@ One table per setup; the last line is the main model on (b), H = 1 day:
     kupiec_p=K christoffersen_cc_p=C traffic_light=Z worst_tercile_coverage=W
     margin_vs_best_baseline=M peak_trough_vs_best_baseline=P
 
-Usage: ``python benchmarks/backtest.py [--setups a,b,c] [--trees N]`` (about 10 minutes on 2
-cores with the defaults).
+Rows beside the baselines: ``fair_lgbm`` (the LightGBM quantile model with its split-conformal
+factor), ``fair_lgbm_aci<GAMMA>x<GROUPS>`` (the adaptive conformal update of
+``models/adaptive.py`` applied to its stored out-of-sample forecasts, one factor per side,
+horizon and trailing-volatility group), ``fair_lgbm_aci_wrapped`` (``--wrapper``: the same
+update by the ``AdaptiveConformal`` wrapper itself inside the walk-forward) and
+``<main>+buffer25|stressed25|floor10y`` (the main row with one APC overlay, as
+``[apc]`` in an experiment config would apply it). ``--main`` names the row of the last line.
+
+Usage: ``python benchmarks/backtest.py [--setups a,b,c] [--trees N] [--n-seeds N]
+[--aci GAMMA:GROUPS,...] [--wrapper GAMMA:GROUPS] [--main ROW] [--no-apc]`` (about 11 minutes
+on 2 busy cores with the defaults: 3 seeds, the ACI rows and the wrapper). Choices for (b) were
+made on ``--setups bval`` (2019-2020, before the test period).
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 from features.panel import PanelSpec, build_panel  # noqa: E402
+from models.adaptive import adapt_forecasts, adaptive_factory, volatility_group  # noqa: E402
+from models.backtest import apc_multiplier_at  # noqa: E402
 from models.baselines import BASELINES, make_baseline  # noqa: E402
 from models.fair import FairMarginModel, add_labels  # noqa: E402
 from models.walkforward import (  # noqa: E402
@@ -53,6 +65,38 @@ DAILY = f"{DATA}/cryptodatadownload_binance_spot_daily_causcrypto/*.csv"
 HOURLY = f"{DATA}/binance_usdm_perps_freqtrade_cyft/*-1h-futures.parquet"
 Q = 0.99
 MAIN = "fair_lgbm"
+#: options of the main model set from the command line (--calibration, --cal-days-scale)
+MAIN_OPTIONS: dict[str, Any] = {
+    "calibration_method": "split",
+    "cal_days_scale": 1.0,
+    "cal_fraction": 0.5,
+    "num_leaves": 7,
+    "min_child_samples": 100,
+}
+
+
+def _regime_features(panel: pd.DataFrame) -> pd.DataFrame:
+    """Regime features for the main model (a prototype for features/, point in time): the
+    coin's realised volatility over 30 and 90 bars, and the market's (median over coins at the
+    same t) over 7 and 30 bars; ``rv_`` columns, so the model reads them relative to sigma."""
+    out = panel.copy()
+    per_year = np.sqrt(525_600.0 / out["bar_minutes"].to_numpy(dtype=np.float64))
+    g = out.groupby(["venue", "symbol"], sort=False)["ret_1bar"]
+    for n in (30, 90):
+        out[f"rv_{n}bar"] = g.transform(lambda r, n=n: r.rolling(n, min_periods=n // 2).std())
+        out[f"rv_{n}bar"] *= per_year
+    for n in (7, 30):
+        own = g.transform(lambda r, n=n: r.rolling(n, min_periods=n // 2).std()) * per_year
+        out[f"rv_mkt_{n}bar"] = own.groupby(out["t"]).transform("median")
+    return out
+
+
+#: EMIR's anti-procyclicality options at their usual settings (pipelines.config.ApcConfig)
+APC = {
+    "buffer25": {"buffer": 0.25},
+    "stressed25": {"stressed_weight": 0.25},
+    "floor10y": {"floor_years": 10.0},
+}
 
 
 def _load(pattern: str) -> dict[str, pd.DataFrame | None]:
@@ -68,7 +112,7 @@ def _load(pattern: str) -> dict[str, pd.DataFrame | None]:
 
 
 def main_model(
-    horizons: tuple[int, ...], sample_every: int, trees: int, cal_days: float
+    horizons: tuple[int, ...], sample_every: int, trees: int, cal_days: float, n_seeds: int = 1
 ) -> Callable[[], FairMarginModel]:
     def make() -> FairMarginModel:
         return FairMarginModel(
@@ -77,13 +121,15 @@ def main_model(
             regressor_params={
                 "n_estimators": trees,
                 "learning_rate": 0.05,
-                "num_leaves": 7,
-                "min_child_samples": 100,
+                "num_leaves": int(MAIN_OPTIONS["num_leaves"]),
+                "min_child_samples": int(MAIN_OPTIONS["min_child_samples"]),
                 "n_jobs": 2,
                 "random_state": 0,
+                "n_seeds": n_seeds,
             },
-            calibration_fraction=0.5,
-            max_calibration_days=cal_days,
+            calibration_fraction=float(MAIN_OPTIONS["cal_fraction"]),
+            max_calibration_days=cal_days * MAIN_OPTIONS["cal_days_scale"],
+            calibration_method=str(MAIN_OPTIONS["calibration_method"]),
             sample_every_minutes=sample_every,
         )
 
@@ -103,6 +149,11 @@ def run_setup(
     cal_days: float,
     models: set[str] | None = None,
     main_halflife_days: float | None = None,
+    n_seeds: int = 1,
+    aci: tuple[tuple[float, int, str], ...] = (),
+    wrapper: tuple[float, int, str] | None = None,
+    main_name: str = MAIN,
+    apc: bool = False,
 ) -> dict[int, dict[str, SetupResult]]:
     t0 = time.perf_counter()
     panel = build_panel(tables)
@@ -113,6 +164,8 @@ def run_setup(
     if main_halflife_days is not None:
         spec = PanelSpec(scale_halflife_minutes=main_halflife_days * 1440.0)
         main_labelled = add_labels(build_panel(tables, spec=spec), horizons_minutes=horizons)
+    if MAIN_OPTIONS.get("regime"):
+        main_labelled = _regime_features(main_labelled)
     end = pd.Timestamp(labelled["t"].max())
     splits = walk_forward_splits(
         first_test=first_test, end=end, gap=pd.Timedelta(minutes=max(horizons)), freq=freq
@@ -143,7 +196,7 @@ def run_setup(
         print(f"  {b}: {time.perf_counter() - t1:.0f} s", flush=True)
     t1 = time.perf_counter()
     fc = walk_forward(
-        main_model(horizons, sample_every, trees, cal_days),
+        main_model(horizons, sample_every, trees, cal_days, n_seeds),
         main_labelled,
         splits=splits,
         horizons_minutes=report_h,
@@ -151,6 +204,58 @@ def run_setup(
     vol = labelled[["venue", "symbol", "t", "sigma_ann"]]
     forecasts[MAIN] = fc.drop(columns="sigma_ann").merge(vol, on=["venue", "symbol", "t"])
     print(f"  {MAIN}: {time.perf_counter() - t1:.0f} s", flush=True)
+    for gamma, n_groups, source in aci:
+        # the adaptive conformal update of models/adaptive.py on the stored out-of-sample
+        # forecasts; groups: percentile of a trailing volatility over the past year, point in
+        # time: "eval" the panel's default one (the tests' terciles), "model" the main model's
+        col = {"eval": labelled, "model": main_labelled}[source]
+        grp = col[["venue", "symbol", "t"]].assign(
+            group=volatility_group(col, n_groups=n_groups, lookback_days=365.0)
+        )
+        base = forecasts[MAIN].merge(grp, on=["venue", "symbol", "t"])
+        tag = f"{MAIN}_aci{gamma:g}x{n_groups}" + ("" if source == "eval" else source)
+        forecasts[tag] = adapt_forecasts(
+            base.drop(columns="group"),
+            coverage=Q,
+            gamma=gamma,
+            groups=base["group"].to_numpy(dtype=np.int64),
+        )
+    if wrapper is not None:
+        # the same update by the wrapper itself (models.adaptive.AdaptiveConformal), retrained
+        # in the walk-forward like the main model; groups by the panel's default volatility
+        gamma, n_groups, source = wrapper
+        rows = main_labelled
+        if source == "eval":
+            rows = main_labelled.assign(sigma_eval=labelled["sigma_ann"].to_numpy())
+        t1 = time.perf_counter()
+        fcw = walk_forward(
+            adaptive_factory(
+                _without(
+                    main_model(horizons, sample_every, trees, cal_days, n_seeds), "sigma_eval"
+                ),
+                coverage=Q,
+                gamma=gamma,
+                n_groups=n_groups,
+                group_column="sigma_eval" if source == "eval" else "sigma_ann",
+            ),
+            rows,
+            splits=splits,
+            horizons_minutes=report_h,
+            needs_history=True,
+        )
+        forecasts[f"{MAIN}_aci_wrapped"] = fcw.drop(columns="sigma_ann").merge(
+            vol, on=["venue", "symbol", "t"]
+        )
+        print(f"  {MAIN}_aci_wrapped: {time.perf_counter() - t1:.0f} s", flush=True)
+    if apc and main_name in forecasts:
+        # each overlay on the main model's forecasts, its volatility path from the panel
+        fm = forecasts[main_name]
+        keys = fm[["venue", "symbol"]].assign(as_of=fm["t"])
+        for tag, switches in APC.items():
+            k = apc_multiplier_at(labelled, keys, **switches)
+            forecasts[f"{main_name}+{tag}"] = fm.assign(
+                forecast_long=fm["forecast_long"] * k, forecast_short=fm["forecast_short"] * k
+            )
     out: dict[int, dict[str, SetupResult]] = {}
     for h in report_h:
         out[h] = {}
@@ -167,18 +272,48 @@ def run_setup(
         print(f"\n### setup {name}, H = {h} minutes\n")
         with pd.option_context("display.width", 160, "display.float_format", "{:.4g}".format):
             print(table.to_string())
-        m_line = _ratio_line(out[h])
-        print(f"  {MAIN} vs best passing baseline: {m_line}")
+        for m in out[h]:
+            if m not in BASELINES:
+                print(f"  {m} vs best passing baseline: {_ratio_line(out[h], m)}")
     print(f"  setup {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     return out
 
 
-def _ratio_line(results: dict[str, SetupResult]) -> str:
-    main = results[MAIN].summary()
+def _aci_spec(text: str) -> tuple[float, int, str]:
+    parts = text.split(":")
+    source = parts[2] if len(parts) > 2 else "eval"
+    if source not in ("eval", "model"):
+        raise SystemExit(f"--aci/--wrapper: source must be eval or model, got {source!r}")
+    return float(parts[0]), int(parts[1]), source
+
+
+class _Without:
+    """A forecaster that hides some columns from the model it wraps (a grouping column that
+    the main model must not take for a feature)."""
+
+    def __init__(self, model: FairMarginModel, columns: list[str]) -> None:
+        self.model, self.columns = model, columns
+        self.horizons_: tuple[int, ...] = ()
+
+    def fit(self, labelled: pd.DataFrame, *, cutoff: pd.Timestamp) -> _Without:
+        self.model.fit(labelled.drop(columns=self.columns, errors="ignore"), cutoff=cutoff)
+        self.horizons_ = self.model.horizons_
+        return self
+
+    def quantile_grid(self, rows: pd.DataFrame) -> Any:
+        return self.model.quantile_grid(rows.drop(columns=self.columns, errors="ignore"))
+
+
+def _without(make: Callable[[], FairMarginModel], column: str) -> Callable[[], _Without]:
+    return lambda: _Without(make(), [column])
+
+
+def _ratio_line(results: dict[str, SetupResult], main_name: str = MAIN) -> str:
+    main = results[main_name].summary()
     passing = [
         (r.summary()["avg_margin"], m, r.summary())
         for m, r in results.items()
-        if m != MAIN and r.passes
+        if m in BASELINES and r.passes
     ]
     if passing:
         _, best, bs = min(passing)
@@ -199,6 +334,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--setups", default="a,b,c")
     ap.add_argument("--trees", type=int, default=40)
     ap.add_argument("--models", default=None, help="baselines to run (default: all)")
+    ap.add_argument("--n-seeds", type=int, default=3, help="seed bagging of the main model")
+    ap.add_argument("--calibration", default="split", choices=["split", "crossfit"])
+    ap.add_argument("--cal-days-scale", type=float, default=1.0)
+    ap.add_argument("--cal-fraction", type=float, default=0.5)
+    ap.add_argument("--leaves", type=int, default=7, help="num_leaves of the main model")
+    ap.add_argument("--min-child", type=int, default=100, help="its min_child_samples")
+    ap.add_argument("--regime", action="store_true", help="add regime features to the main model")
+    ap.add_argument(
+        "--main", default=f"{MAIN}_aci0.005x3", help="the row reported on the last line"
+    )
+    ap.add_argument(
+        "--no-apc", action="store_true", help="skip the rows of the main model with APC overlays"
+    )
+    ap.add_argument(
+        "--aci",
+        default="0.005:3",
+        help="adaptive conformal variants of the main model on its stored forecasts, "
+        "GAMMA:GROUPS[:eval|model][,...] (e.g. 0.005:1,0.005:3); each adds a row "
+        "fair_lgbm_aci<GAMMA>x<GROUPS>",
+    )
+    ap.add_argument(
+        "--wrapper",
+        default="0.005:3",
+        help="GAMMA:GROUPS[:eval|model]: also run the AdaptiveConformal wrapper itself in the "
+        "walk-forward (row fair_lgbm_aci_wrapped; trains the main model again)",
+    )
     ap.add_argument(
         "--main-halflife-days",
         type=float,
@@ -209,6 +370,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     setups = set(args.setups.split(","))
+    MAIN_OPTIONS.update(
+        calibration_method=args.calibration,
+        cal_days_scale=args.cal_days_scale,
+        cal_fraction=args.cal_fraction,
+        num_leaves=args.leaves,
+        min_child_samples=args.min_child,
+        regime=args.regime,
+    )
+    aci = tuple(_aci_spec(v) for v in args.aci.split(",") if v)
+    extra: dict[str, Any] = {
+        "n_seeds": args.n_seeds,
+        "aci": aci,
+        "wrapper": _aci_spec(args.wrapper) if args.wrapper else None,
+        "main_name": args.main,
+        "apc": not args.no_apc,
+    }
     results: dict[str, Any] = {}
     if "a" in setups:
         from pipelines.simulator import SimConfig, simulate_market
@@ -230,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             models=set(args.models.split(",")) if args.models else None,
             main_halflife_days=args.main_halflife_days or 1.0,
             cal_days=10.0,
+            **extra,
         )
     if "c" in setups:
         results["c"] = run_setup(
@@ -244,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             models=set(args.models.split(",")) if args.models else None,
             main_halflife_days=args.main_halflife_days or 3.0,
             cal_days=60.0,
+            **extra,
         )
     if "bval" in setups:
         # model selection for (b) without the test period: the same walk-forward on
@@ -265,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
             trees=args.trees,
             models=set(args.models.split(",")) if args.models else None,
             main_halflife_days=args.main_halflife_days or 60.0,
-            cal_days=365.0,
+            cal_days=730.0,  # on bval: M 0.960 at 730 days, 0.965 at 365
+            **extra,
         )
     if "b" in setups:
         results["b"] = run_setup(
@@ -279,10 +459,11 @@ def main(argv: list[str] | None = None) -> int:
             trees=args.trees,
             models=set(args.models.split(",")) if args.models else None,
             main_halflife_days=args.main_halflife_days or 60.0,
-            cal_days=365.0,
+            cal_days=730.0,  # on bval: M 0.960 at 730 days, 0.965 at 365
+            **extra,
         )
         print()
-        print(_ratio_line(results["b"][1440]).split(" (best")[0])
+        print(_ratio_line(results["b"][1440], args.main).split(" (best")[0])
     return 0
 
 

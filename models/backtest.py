@@ -43,6 +43,8 @@ __all__ = [
     "TransitionCounts",
     "apc_buffer",
     "apc_floor",
+    "apc_multiplier_at",
+    "apc_overlay",
     "apc_stressed_weight",
     "backtest",
     "christoffersen",
@@ -1173,3 +1175,115 @@ def apc_floor(margin: pd.Series, floor: float | pd.Series) -> pd.Series:
     with np.errstate(invalid="ignore"):
         floored = np.where(m < f, f, m)  # NaN compares False: NaN margin stays, NaN floor is none
     return pd.Series(floored, index=margin.index, name=margin.name)
+
+
+def apc_overlay(
+    margin: pd.Series,
+    sigma: pd.Series,
+    *,
+    buffer: float = 0.0,
+    stressed_weight: float = 0.0,
+    floor_years: float = 0.0,
+) -> pd.Series:
+    """The switched-on APC overlays on one contract's margin path, point in time.
+
+    The fair margin scales with volatility, so the margin it would give in another volatility
+    state is ``margin x sigma_other / sigma_t``; with ``sigma`` the trailing volatility known at
+    each t (e.g. the panel's ``sigma_ann``):
+
+    - ``stressed_weight`` w > 0: :func:`apc_stressed_weight` with the stressed margin at the
+      highest volatility of the history known at t (expanding maximum);
+    - ``floor_years`` Y > 0: :func:`apc_floor` at the margin of the root-mean-square volatility
+      of the trailing Y years (or the history there is);
+    - ``buffer`` b > 0: :func:`apc_buffer`, ``x (1 + b)`` (held: releasing it in stress is the
+      risk committee's call).
+
+    Applied in that order; all zero returns ``margin`` unchanged. Each overlay is proportional
+    to ``margin``, so ``apc_overlay(m, s) = m x apc_overlay(1, s)``. Where ``sigma`` is not
+    positive and finite the volatility-based overlays leave the margin as it is.
+
+    Parameters
+    ----------
+    margin : Series of margin rates (>= 0) on a sorted DatetimeIndex.
+    sigma : Series of trailing volatility, same index.
+    buffer, stressed_weight, floor_years : the switches (0 = off).
+    """
+    who = "apc_overlay"
+    values = _check_margin_series(margin, who=who)
+    _require_same_index(margin, sigma, names=("margin", "sigma"), who=who)
+    _require_time_index(margin, name="margin", who=who)
+    for name, v in (("floor_years", floor_years), ("buffer", buffer)):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0:
+            raise FairmarginInputError(f"{who}: {name} must be a float >= 0, got {_show(v)}")
+    s = sigma.astype(np.float64).where(lambda x: (x > 0) & np.isfinite(x))
+    out = values
+    if stressed_weight:
+        ratio = (s.cummax() / s).fillna(1.0)
+        out = apc_stressed_weight(out, values * ratio, weight=stressed_weight)
+    if floor_years:
+        window = pd.Timedelta(days=365.25 * float(floor_years))
+        rms = np.sqrt((s**2).rolling(window, min_periods=1).mean())
+        out = apc_floor(out, (values * (rms / s).fillna(1.0)).fillna(0.0))
+    if buffer:
+        out = apc_buffer(out, buffer=float(buffer))
+    return out
+
+
+def apc_multiplier_at(
+    panel: pd.DataFrame,
+    keys: pd.DataFrame,
+    *,
+    buffer: float = 0.0,
+    stressed_weight: float = 0.0,
+    floor_years: float = 0.0,
+) -> NDArray[np.float64]:
+    """The factor :func:`apc_overlay` applies to a margin of a contract at given times.
+
+    Parameters
+    ----------
+    panel : rows ``venue, symbol, t, sigma_ann`` (each contract's volatility path).
+    keys : rows ``venue, symbol, as_of``; each gets the factor of its contract's last panel
+        row at or before ``as_of`` (1 where there is none).
+    """
+    who = "apc_multiplier_at"
+    for name, frame, cols in (
+        ("panel", panel, ["venue", "symbol", "t", "sigma_ann"]),
+        ("keys", keys, ["venue", "symbol", "as_of"]),
+    ):
+        if missing := sorted(set(cols) - set(frame.columns)):
+            raise FairmarginInputError(
+                f"{who}: {name} must have columns {cols}, missing {missing}"
+            )
+    out = np.ones(len(keys))
+    if not (buffer or stressed_weight or floor_years):
+        return out
+    parts = []
+    for (venue, symbol), g in panel.groupby(["venue", "symbol"], sort=False):
+        g = g.sort_values("t")
+        idx = pd.DatetimeIndex(g["t"])
+        mult = apc_overlay(
+            pd.Series(1.0, index=idx),
+            pd.Series(g["sigma_ann"].to_numpy(dtype=np.float64), index=idx),
+            buffer=buffer,
+            stressed_weight=stressed_weight,
+            floor_years=floor_years,
+        )
+        parts.append(
+            pd.DataFrame({"venue": venue, "symbol": symbol, "t": idx, "mult": mult.to_numpy()})
+        )
+    table = pd.concat(parts, ignore_index=True).astype({"venue": object, "symbol": object})
+    left = pd.DataFrame(
+        {
+            "venue": keys["venue"].astype(object).to_numpy(),
+            "symbol": keys["symbol"].astype(object).to_numpy(),
+            "t": pd.DatetimeIndex(keys["as_of"]).as_unit("ns"),
+            "_pos": np.arange(len(keys)),
+        }
+    )
+    left = left.astype({"venue": object, "symbol": object}).sort_values("t")
+    table["t"] = pd.DatetimeIndex(table["t"]).as_unit("ns")
+    merged = pd.merge_asof(
+        left, table.sort_values("t"), on="t", by=["venue", "symbol"], direction="backward"
+    )
+    out[merged["_pos"].to_numpy()] = merged["mult"].fillna(1.0).to_numpy(dtype=np.float64)
+    return out

@@ -11,6 +11,7 @@ from typing import Any
 from features._checks import FairmarginInputError
 
 __all__ = [
+    "ApcConfig",
     "CalibrationConfig",
     "ChampionConfig",
     "DataConfig",
@@ -140,6 +141,33 @@ class ChampionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ApcConfig:
+    """Anti-procyclicality overlays on the fair margin (EMIR RTS 153/2013 Art. 28), all off by
+    default (``models.backtest.apc_overlay``): ``buffer`` 0.25 holds a 25 % buffer,
+    ``stressed_weight`` 0.25 gives the margin at the highest volatility known 25 % weight,
+    ``floor_years`` 10 floors it at the margin of the 10-year root-mean-square volatility."""
+
+    buffer: float = 0.0
+    stressed_weight: float = 0.0
+    floor_years: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.buffer >= 0:
+            raise FairmarginInputError(f"apc.buffer must be >= 0, got {self.buffer!r}")
+        if not 0 <= self.stressed_weight <= 1:
+            raise FairmarginInputError(
+                f"apc.stressed_weight must be in [0, 1], got {self.stressed_weight!r}"
+            )
+        if not self.floor_years >= 0:
+            raise FairmarginInputError(f"apc.floor_years must be >= 0, got {self.floor_years!r}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any overlay is switched on."""
+        return bool(self.buffer or self.stressed_weight or self.floor_years)
+
+
+@dataclass(frozen=True, slots=True)
 class ExperimentConfig:
     name: str = "default"
     coverage: float = 0.99
@@ -158,6 +186,7 @@ class ExperimentConfig:
     walk_forward: WalkForwardConfig = field(default_factory=WalkForwardConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     champion: ChampionConfig = field(default_factory=ChampionConfig)
+    apc: ApcConfig = field(default_factory=ApcConfig)
 
     def __post_init__(self) -> None:
         if not 0.5 < self.coverage < 1:
@@ -189,6 +218,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "walk_forward": WalkForwardConfig,
     "tune": TuneConfig,
     "champion": ChampionConfig,
+    "apc": ApcConfig,
 }
 
 

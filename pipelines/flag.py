@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from features._checks import FairmarginInputError
 from features.book import book_arrays, liquidation_cost
 from features.panel import PanelSpec, build_panel
+from models.backtest import apc_multiplier_at
 from models.fair import FairMarginModel, QuantileGrid, add_labels
 from models.horizon import evaluated_notional, implied_horizon, liquidation_horizon_minutes
 from models.labels import SIDES
@@ -455,6 +456,10 @@ def flag_tiers(
         if not model_version:
             versions[m] = f"fit-on-bundle@{cut:%Y-%m-%dT%H:%MZ}"
 
+    if cfg.apc.enabled:  # anti-procyclicality overlays scale fair and its interval
+        apc_k = apc_multiplier_at(labelled, tiers_state, **asdict(cfg.apc))
+        for key in ("fair_long_rate", "fair_short_rate", "fair_lower", "fair_upper"):
+            out[key] = out[key] * apc_k
     fair = np.maximum(out["fair_long_rate"], out["fair_short_rate"])
     usable &= np.isfinite(fair)
     status, deviation, score = status_of(
