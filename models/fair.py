@@ -476,7 +476,7 @@ def side_asymmetry_weight(
     coverage: float,
     z: float,
     rng: np.random.Generator,
-    n_boot: int = 200,
+    n_boot: int = 100,
 ) -> float:
     """How much of a long/short asymmetry the data support, in [0, 1].
 
