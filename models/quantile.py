@@ -98,11 +98,14 @@ class QuantileMarginRegressor(RegressorMixin, BaseEstimator):
         )
 
     def _mean(self, X: NDArray[Any], **kwargs: Any) -> NDArray[np.float64]:
-        # one booster per seed (models pickled before seed bagging have only booster_)
+        # one booster per seed (models pickled before seed bagging have only booster_); the
+        # lightgbm.Booster directly: the sklearn wrapper's checks cost more than a small predict
         boosters = getattr(self, "boosters_", None) or [self.booster_]
-        out = np.asarray(boosters[0].predict(X, **kwargs), dtype=np.float64)
-        for b in boosters[1:]:
-            out = out + np.asarray(b.predict(X, **kwargs), dtype=np.float64)
+        threads = getattr(self, "predict_threads_", None) or self.n_jobs
+        out = np.zeros(0)
+        for i, b in enumerate(boosters):
+            p = np.asarray(b.booster_.predict(X, num_threads=threads, **kwargs), dtype=np.float64)
+            out = p if i == 0 else out + p
         return out / len(boosters)
 
     def predict(self, X: pd.DataFrame | NDArray[Any]) -> NDArray[np.float64]:
@@ -129,6 +132,7 @@ class QuantileMarginRegressor(RegressorMixin, BaseEstimator):
 
     def set_threads(self, n_jobs: int) -> None:
         """Threads used by predictions from now on (1 is fastest on small inputs)."""
+        self.predict_threads_ = int(n_jobs)
         for b in getattr(self, "boosters_", None) or [self.booster_]:
             b.set_params(n_jobs=n_jobs)
 
