@@ -24,7 +24,11 @@ update by the ``AdaptiveConformal`` wrapper itself inside the walk-forward) and
 Usage: ``python benchmarks/backtest.py [--setups a,b,c] [--trees N] [--n-seeds N]
 [--aci GAMMA:GROUPS,...] [--wrapper GAMMA:GROUPS] [--main ROW] [--no-apc]`` (about 11 minutes
 on 2 busy cores with the defaults: 3 seeds, the ACI rows and the wrapper). Choices for (b) were
-made on ``--setups bval`` (2019-2020, before the test period).
+made on ``--setups bval`` (2019-2020, before the test period): the main row is
+``fair_lgbm_aci0.01x1`` (one ACI factor per side and horizon, gamma 0.01), ``num_leaves`` 3,
+``side_asymmetry_z`` 2.576, target-scale half-life 60 days; bval M 0.928 against 0.948 for the
+previous ``aci0.005x3`` with 7 leaves (``--aci``, ``--leaves``, ``--side-z``, ``--lr``,
+``--b-sample-every``, ``--main-halflife-days`` reproduce the alternatives).
 """
 
 from __future__ import annotations
@@ -70,8 +74,10 @@ MAIN_OPTIONS: dict[str, Any] = {
     "calibration_method": "split",
     "cal_days_scale": 1.0,
     "cal_fraction": 0.5,
-    "num_leaves": 7,
+    "num_leaves": 3,
     "min_child_samples": 100,
+    "learning_rate": 0.05,
+    "side_asymmetry_z": 2.576,
 }
 
 
@@ -120,7 +126,7 @@ def main_model(
             horizons_minutes=horizons,
             regressor_params={
                 "n_estimators": trees,
-                "learning_rate": 0.05,
+                "learning_rate": float(MAIN_OPTIONS["learning_rate"]),
                 "num_leaves": int(MAIN_OPTIONS["num_leaves"]),
                 "min_child_samples": int(MAIN_OPTIONS["min_child_samples"]),
                 "n_jobs": 2,
@@ -131,6 +137,7 @@ def main_model(
             max_calibration_days=cal_days * MAIN_OPTIONS["cal_days_scale"],
             calibration_method=str(MAIN_OPTIONS["calibration_method"]),
             sample_every_minutes=sample_every,
+            side_asymmetry_z=float(MAIN_OPTIONS["side_asymmetry_z"]),
         )
 
     return make
@@ -162,7 +169,10 @@ def run_setup(
     # volatility (terciles) stays the panel's default one for every model
     main_labelled = labelled
     if main_halflife_days is not None:
-        spec = PanelSpec(scale_halflife_minutes=main_halflife_days * 1440.0)
+        # the half-life as given, even below the panel's default floor of 11 bars
+        spec = PanelSpec(
+            scale_halflife_minutes=main_halflife_days * 1440.0, min_scale_halflife_bars=1.0
+        )
         main_labelled = add_labels(build_panel(tables, spec=spec), horizons_minutes=horizons)
     if MAIN_OPTIONS.get("regime"):
         main_labelled = _regime_features(main_labelled)
@@ -275,6 +285,8 @@ def run_setup(
         for m in out[h]:
             if m not in BASELINES:
                 print(f"  {m} vs best passing baseline: {_ratio_line(out[h], m)}")
+        if main_name in out[h]:
+            print(f"  {main_name} by side: {_side_line(out[h][main_name])}")
     print(f"  setup {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     return out
 
@@ -308,6 +320,19 @@ def _without(make: Callable[[], FairMarginModel], column: str) -> Callable[[], _
     return lambda: _Without(make(), [column])
 
 
+def _side_line(result: SetupResult) -> str:
+    """Exceptions / observations and pooled Kupiec p of each side (which side under-covers)."""
+    parts = []
+    for side in sorted({s for _, s in result.reports}):
+        reps = [r for (_, s), r in result.reports.items() if s == side]
+        exc, obs = sum(r.exceptions for r in reps), sum(r.observations for r in reps)
+        parts.append(
+            f"{side} {exc}/{obs} = {1.0 - exc / max(obs, 1):.4f} "
+            f"(kupiec_p={result.pooled_kupiec_p.get(side, math.nan):.3g})"
+        )
+    return ", ".join(parts)
+
+
 def _ratio_line(results: dict[str, SetupResult], main_name: str = MAIN) -> str:
     main = results[main_name].summary()
     passing = [
@@ -338,25 +363,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration", default="split", choices=["split", "crossfit"])
     ap.add_argument("--cal-days-scale", type=float, default=1.0)
     ap.add_argument("--cal-fraction", type=float, default=0.5)
-    ap.add_argument("--leaves", type=int, default=7, help="num_leaves of the main model")
+    ap.add_argument(
+        "--leaves", type=int, default=3, help="num_leaves of the main model (bval: 3 over 2-15)"
+    )
     ap.add_argument("--min-child", type=int, default=100, help="its min_child_samples")
+    ap.add_argument("--lr", type=float, default=0.05, help="its learning_rate")
+    ap.add_argument(
+        "--side-z",
+        type=float,
+        default=2.576,
+        help="side_asymmetry_z of the main model (0: each side's model as fitted)",
+    )
+    ap.add_argument(
+        "--b-sample-every",
+        type=int,
+        default=1440,
+        help="sample_every_minutes of the main model on (b) and bval",
+    )
     ap.add_argument("--regime", action="store_true", help="add regime features to the main model")
     ap.add_argument(
-        "--main", default=f"{MAIN}_aci0.005x3", help="the row reported on the last line"
+        "--main", default=f"{MAIN}_aci0.01x1", help="the row reported on the last line"
     )
     ap.add_argument(
         "--no-apc", action="store_true", help="skip the rows of the main model with APC overlays"
     )
     ap.add_argument(
         "--aci",
-        default="0.005:3",
+        default="0.01:1,0.005:3",
         help="adaptive conformal variants of the main model on its stored forecasts, "
         "GAMMA:GROUPS[:eval|model][,...] (e.g. 0.005:1,0.005:3); each adds a row "
         "fair_lgbm_aci<GAMMA>x<GROUPS>",
     )
     ap.add_argument(
         "--wrapper",
-        default="0.005:3",
+        default="0.01:1",
         help="GAMMA:GROUPS[:eval|model]: also run the AdaptiveConformal wrapper itself in the "
         "walk-forward (row fair_lgbm_aci_wrapped; trains the main model again)",
     )
@@ -376,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         cal_fraction=args.cal_fraction,
         num_leaves=args.leaves,
         min_child_samples=args.min_child,
+        learning_rate=args.lr,
+        side_asymmetry_z=args.side_z,
         regime=args.regime,
     )
     aci = tuple(_aci_spec(v) for v in args.aci.split(",") if v)
@@ -440,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
             report_h=(1440,),
             first_test=pd.Timestamp("2019-01-01", tz="UTC"),
             freq="MS",
-            sample_every=1440,
+            sample_every=args.b_sample_every,
             trees=args.trees,
             models=set(args.models.split(",")) if args.models else None,
             main_halflife_days=args.main_halflife_days or 60.0,
@@ -455,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
             report_h=(1440, 7200),
             first_test=pd.Timestamp("2021-01-01", tz="UTC"),
             freq="MS",
-            sample_every=1440,
+            sample_every=args.b_sample_every,
             trees=args.trees,
             models=set(args.models.split(",")) if args.models else None,
             main_halflife_days=args.main_halflife_days or 60.0,
