@@ -265,7 +265,8 @@ class FairMarginModel:
     min_scores : a horizon with fewer calibration scores than this is dropped from the grid.
     min_independent_scores : so is a horizon whose calibration window holds fewer
         non-overlapping windows than this (summed over underlyings): its factor would be a guess;
-        the power law through the shorter horizons extends the grid instead.
+        the power law through the shorter horizons extends the grid instead. The two shortest
+        horizons with scores always stay (their interval is wide where their windows are few).
     calibration_method : ``"split"`` (default: train on the earlier part, calibrate on the most
         recent ``calibration_fraction``) or ``"crossfit"`` (two time folds, each scored by a
         model trained on the other, a day apart; the final model is trained on everything).
@@ -374,8 +375,8 @@ class FairMarginModel:
                     continue
                 # independent scores: non-overlapping windows per underlying in the window
                 n_eff = n_groups * max(cal_days * 1440.0 / h - 1.0, 1.0)
-                if n_eff < self.min_independent_scores:
-                    continue
+                if n_eff < self.min_independent_scores and len(self.calibration_[side]) >= 2:
+                    continue  # the two shortest horizons stay: a grid needs two points
                 sq = calibrate_scores(
                     y_cal[m] / pred[m],
                     coverage=self.coverage,

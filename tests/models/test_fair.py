@@ -210,3 +210,6 @@ def test_a_horizon_with_too_few_independent_windows_leaves_the_grid(fitted):
     q15, q60 = grid.quantile["long"][:, 0], grid.quantile["long"][:, 1]
     b = np.log(q60 / q15) / np.log(60 / 15)
     np.testing.assert_allclose(q240, q60 * (240 / 60) ** b, rtol=1e-9)
+    # however few the windows, the two shortest horizons stay: a short history still gets a grid
+    strict = replace(model, min_independent_scores=1e9, regressors_={}, calibration_={})
+    assert strict.fit(labelled, cutoff=labelled["t"].max()).horizons_ == (15, 60)
