@@ -16,12 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 from scipy import stats
 
 from features._checks import FairmarginInputError
 
-__all__ = ["ScoreQuantiles", "block_bootstrap_factor", "calibrate_scores"]
+__all__ = ["ScoreQuantiles", "block_bootstrap_factor", "block_resample", "calibrate_scores"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +124,18 @@ def calibrate_scores(
     )
 
 
+def block_resample(
+    starts: NDArray[np.intp], lengths: NDArray[np.intp], rng: np.random.Generator
+) -> NDArray[np.intp]:
+    """Indices of one block-bootstrap resample: as many blocks as there are, drawn with
+    replacement, each kept whole. Block ``i`` is the slice ``starts[i]:starts[i] + lengths[i]``
+    of data sorted by block."""
+    pick = rng.integers(0, starts.size, starts.size)
+    lens = lengths[pick]
+    offsets = np.repeat(starts[pick] - np.cumsum(lens) + lens, lens)
+    return np.asarray(offsets + np.arange(lens.sum()), dtype=np.intp)
+
+
 def block_bootstrap_factor(
     scores: ArrayLike,
     blocks: ArrayLike,
@@ -167,10 +179,7 @@ def block_bootstrap_factor(
     draws = n_boot if empirical else max(n_boot // 4, 20)
     factors = np.empty(draws)
     for i in range(draws):
-        pick = rng.integers(0, n_blocks, n_blocks)
-        lens = lengths[pick]
-        offsets = np.repeat(starts[pick] - np.cumsum(lens) + lens, lens)
-        idx = offsets + np.arange(lens.sum())
+        idx = block_resample(starts, lengths, rng)
         factors[i], _ = _quantile_fn(
             np.sort(s[idx]), coverage, min_tail=min_tail, tail_threshold=tail_threshold
         )

@@ -27,7 +27,12 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from features._checks import FairmarginInputError, require_columns
-from models.conformal import ScoreQuantiles, block_bootstrap_factor, calibrate_scores
+from models.conformal import (
+    ScoreQuantiles,
+    block_bootstrap_factor,
+    block_resample,
+    calibrate_scores,
+)
 from models.horizon import interpolate_power_law, running_max
 from models.labels import SIDES, adverse_moves
 from models.quantile import QuantileMarginRegressor
@@ -411,13 +416,14 @@ class FairMarginModel:
         self.cutoff_ = cutoff
         self.side_weights_ = {}
         if self.side_asymmetry_z > 0:
-            # blocks of 3 days (tails cluster), shorter in a short history: >= 10 blocks
+            # blocks of 3 days (tails cluster), a tenth of a short history (>= 10 blocks)
+            block_minutes = min(3 * 1440.0, span_days * 1440.0 / 10)
             for h in kept:
                 m = tf.h == h
                 self.side_weights_[h] = side_asymmetry_weight(
                     tf.y["long"][m],
                     tf.y["short"][m],
-                    t_ns[m] // int(max(min(3 * 1440.0, span_days * 144.0), float(h)) * 60e9),
+                    t_ns[m] // int(max(block_minutes, float(h)) * 60e9),
                     coverage=self.coverage,
                     z=self.side_asymmetry_z,
                     rng=rng,
@@ -506,9 +512,7 @@ def side_asymmetry_weight(
     lengths = np.diff(np.append(starts, inverse.size))
     draws = np.empty(n_boot)
     for i in range(n_boot):
-        pick = rng.integers(0, n_blocks, n_blocks)
-        lens = lengths[pick]
-        idx = np.repeat(starts[pick] - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+        idx = block_resample(starts, lengths, rng)
         draws[i] = np.log(np.quantile(yl[idx], coverage)) - np.log(np.quantile(ys[idx], coverage))
     v = z * z * float(np.var(draws))
     if a * a <= v:
