@@ -36,6 +36,26 @@ def fast_cfg():
     return replace(cfg, name="fast-test")
 
 
+FAST_TOML = """
+name = "fast-test"
+[data]
+horizons_minutes = [15, 60, 240, 1440]
+sample_every_minutes = 60
+min_history_days = 7.0
+[model]
+n_estimators = 40
+min_child_samples = 100
+"""
+
+
+@pytest.fixture(scope="session")
+def fast_toml(tmp_path_factory):
+    """The fast config as an experiment file, for the CLI (few trees, a short grid)."""
+    path = tmp_path_factory.mktemp("exp") / "fast.toml"
+    path.write_text(FAST_TOML)
+    return path
+
+
 @pytest.fixture
 def mlflow_uri(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"

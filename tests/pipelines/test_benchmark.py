@@ -284,26 +284,12 @@ def test_cli_bad_input(small_bundle, tmp_path, capsys):
     assert err[-1].startswith("fairmargin benchmark: --underlying must name")
 
 
-FAST_TOML = """
-name = "fast-test"
-[data]
-horizons_minutes = [15, 60, 240, 1440]
-sample_every_minutes = 60
-min_history_days = 7.0
-[model]
-n_estimators = 40
-min_child_samples = 100
-"""
-
-
-def test_cli_end_to_end(small_bundle, tmp_path, mlflow_uri, capsys):
+def test_cli_end_to_end(small_bundle, fast_toml, tmp_path, mlflow_uri, capsys):
     import mlflow
     from mlflow import MlflowClient
 
-    toml = tmp_path / "fast.toml"
-    toml.write_text(FAST_TOML)
     out = tmp_path / "out"
-    args = ["benchmark", str(small_bundle), "--out", str(out), "--experiment", str(toml),
+    args = ["benchmark", str(small_bundle), "--out", str(out), "--experiment", str(fast_toml),
             "--underlying", "sol", "--position", "1000000:long"]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out

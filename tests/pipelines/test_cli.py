@@ -11,29 +11,11 @@ from mlflow import MlflowClient
 from pipelines.cli import main
 from pipelines.tracking import EXPERIMENT, MODEL_NAME
 
-FAST_TOML = """
-name = "fast-test"
-[data]
-horizons_minutes = [15, 60, 240, 1440]
-sample_every_minutes = 60
-min_history_days = 7.0
-[model]
-n_estimators = 40
-min_child_samples = 100
-"""
-
 
 @pytest.fixture(autouse=True)
 def _tracking(mlflow_uri):
     """Every test here tracks into its own temporary SQLite store."""
     return mlflow_uri
-
-
-@pytest.fixture(scope="module")
-def fast_toml(tmp_path_factory):
-    p = tmp_path_factory.mktemp("exp") / "fast.toml"
-    p.write_text(FAST_TOML)
-    return p
 
 
 def _runs(uri):

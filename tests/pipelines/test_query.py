@@ -11,27 +11,14 @@ from mlflow import MlflowClient
 from pipelines.cli import main
 from pipelines.tracking import EXPERIMENT
 
-FAST_TOML = """
-name = "fast-test"
-[data]
-horizons_minutes = [15, 60, 240, 1440]
-sample_every_minutes = 60
-min_history_days = 7.0
-[model]
-n_estimators = 40
-min_child_samples = 100
-"""
-
 
 @pytest.fixture(scope="module")
-def trained(small_bundle, tmp_path_factory):
+def trained(small_bundle, fast_toml, tmp_path_factory):
     """Train once (CLI), register the champion in a module-wide SQLite store."""
     root = tmp_path_factory.mktemp("query")
-    toml = root / "fast.toml"
-    toml.write_text(FAST_TOML)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        assert main(["train", str(toml), str(small_bundle), "--out", str(root / "t")]) == 0
+        assert main(["train", str(fast_toml), str(small_bundle), "--out", str(root / "t")]) == 0
         yield root, pd.read_parquet(root / "t" / "flags.parquet")
 
 

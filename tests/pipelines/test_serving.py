@@ -25,16 +25,6 @@ from pipelines.cli import main
 from pipelines.flag import flag_tiers, judge, labelled_panel, train_model
 from pipelines.serving import OUTPUT_COLUMNS, FairMarginPyfunc
 
-FAST_TOML = """
-name = "fast-test"
-[data]
-horizons_minutes = [15, 60, 240, 1440]
-sample_every_minutes = 60
-min_history_days = 7.0
-[model]
-n_estimators = 40
-min_child_samples = 100
-"""
 URI = "models:/fair-margin@champion"
 _MAX_WAIT_S = 90.0
 
@@ -59,14 +49,12 @@ def _post(port: int, payload: dict, timeout: float = 10.0) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def registry(small_bundle, tmp_path_factory):
+def registry(small_bundle, fast_toml, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    toml = root / "fast.toml"
-    toml.write_text(FAST_TOML)
     uri = f"sqlite:///{root}/mlflow.db"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        assert main(["train", str(toml), str(small_bundle), "--out", str(root / "t")]) == 0
+        assert main(["train", str(fast_toml), str(small_bundle), "--out", str(root / "t")]) == 0
         mlflow.set_tracking_uri(uri)
         local = Path(mlflow.artifacts.download_artifacts(URI))
         example = mlflow.models.Model.load(str(local)).load_input_example(str(local))
