@@ -25,6 +25,7 @@ from pipelines.cliutil import (
     add_model_options,
     bundle_tables,
     config_from_args,
+    load_model_for,
     parse_as_of,
     print_flags,
     read_for_cli,
@@ -154,22 +155,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_flag(args: argparse.Namespace) -> int:
     from pipelines.bundle import bundle_fingerprint, write_quarantine
-    from pipelines.tracking import load_registered, log_bundle_input, mlflow_run
+    from pipelines.tracking import log_bundle_input, mlflow_run
 
     clock = Clock()
     cfg = config_from_args(args)
     model = None
     version = ""
     if args.model:
-        model, trained_cfg = load_registered(args.model)
-        if not np.isclose(model.coverage, cfg.coverage):
-            raise FairmarginInputError(
-                f"--model {args.model} was trained at coverage {model.coverage}, "
-                f"asked for {cfg.coverage}"
-            )
+        model = load_model_for(args.model, cfg)
         version = args.model
         clock(f"loaded {args.model} (trained at {model.cutoff_})")
-        del trained_cfg
     bundle = read_for_cli(args.bundle, quarantine=args.quarantine, clock=clock)
     out = Path(args.out)
     with mlflow_run(f"flag {Path(args.bundle).name}", cfg, kind="flag") as run_id:

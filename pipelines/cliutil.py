@@ -130,6 +130,21 @@ def write_tables_atomic(frame: pd.DataFrame, out: Path, stem: str) -> list[Path]
     return targets
 
 
+def load_model_for(uri: str, cfg: ExperimentConfig) -> Any:
+    """The registered model at ``uri`` (``FairMarginModel``), refused when it was trained at
+    another coverage than ``cfg`` asks for."""
+    import numpy as np
+
+    from pipelines.tracking import load_registered
+
+    model, _trained = load_registered(uri)
+    if not np.isclose(model.coverage, cfg.coverage):
+        raise FairmarginInputError(
+            f"--model {uri} was trained at coverage {model.coverage}, asked for {cfg.coverage}"
+        )
+    return model
+
+
 def read_for_cli(path: str, *, quarantine: bool, clock: Clock) -> Any:
     from pipelines.bundle import read_bundle
 

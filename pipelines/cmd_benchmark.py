@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features._checks import FairmarginInputError
 from pipelines.benchmark import (
     BenchmarkConfig,
     BenchmarkResult,
@@ -20,6 +19,7 @@ from pipelines.cliutil import (
     add_model_options,
     bundle_tables,
     config_from_args,
+    load_model_for,
     parse_as_of,
     read_for_cli,
     write_tables_atomic,
@@ -131,7 +131,7 @@ def write_and_log(result: BenchmarkResult, out: Path) -> list[Path]:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from pipelines.bundle import bundle_fingerprint
-    from pipelines.tracking import load_registered, log_bundle_input, mlflow_run
+    from pipelines.tracking import log_bundle_input, mlflow_run
 
     clock = Clock()
     cfg = config_from_args(args)
@@ -144,12 +144,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     model = None
     version = ""
     if args.model:
-        model, _trained = load_registered(args.model)
-        if not np.isclose(model.coverage, cfg.coverage):
-            raise FairmarginInputError(
-                f"--model {args.model} was trained at coverage {model.coverage}, "
-                f"asked for {cfg.coverage}"
-            )
+        model = load_model_for(args.model, cfg)
         version = args.model
     bundle = read_for_cli(args.bundle, quarantine=args.quarantine, clock=clock)
     tables = bundle_tables(bundle)
