@@ -36,7 +36,7 @@ class DataConfig:
     quote_tolerance_minutes: float = 180.0
     funding_tolerance_minutes: float = 720.0
     price_tolerance_minutes: float = 1440.0
-    scale_halflife_minutes: float = 1440.0
+    scale_halflife_minutes: float = 240.0
 
     def __post_init__(self) -> None:
         hs = tuple(int(h) for h in self.horizons_minutes)
