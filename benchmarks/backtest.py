@@ -62,6 +62,7 @@ from models.walkforward import (  # noqa: E402
     walk_forward,
     walk_forward_splits,
 )
+from pipelines.config import DataConfig  # noqa: E402
 from pipelines.importers import read  # noqa: E402
 
 DATA = "/work/shared/data/returns"
@@ -405,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         help="half-life of the volatility that scales the main model's targets (default per "
-        "setup: a 1 day, b 60 days, c 3 days; b chosen on the 2019-2020 validation run)",
+        "setup: a the product default (4 hours), b 60 days, c 3 days; b chosen on the "
+        "2019-2020 validation run)",
     )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -447,7 +449,9 @@ def main(argv: list[str] | None = None) -> int:
             sample_every=60,
             trees=args.trees,
             models=set(args.models.split(",")) if args.models else None,
-            main_halflife_days=args.main_halflife_days or 1.0,
+            # the product's scale (experiments/default.toml) on the product's own kind of data
+            main_halflife_days=args.main_halflife_days
+            or DataConfig().scale_halflife_minutes / 1440,
             cal_days=10.0,
             **extra,
         )

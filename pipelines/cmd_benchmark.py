@@ -153,6 +153,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         log_bundle_input(Path(args.bundle), tables, bundle_fingerprint(args.bundle))
         result = benchmark(tables, cfg, bcfg, model=model, model_version=version, progress=clock)
         write_and_log(result, out)
+    if "ranking_spearman_mean" in result.metrics:  # the bundle carries a simulator's truth
+        m = result.metrics
+        clock(
+            f"against truth: ranking_spearman_mean={m['ranking_spearman_mean']:.3f} "
+            f"implied_horizon_within_25pct={m.get('implied_horizon_within_25pct', np.nan):.3f} "
+            f"implied_horizon_median_rel_error="
+            f"{m.get('implied_horizon_median_rel_error', np.nan):.3f} "
+            f"(n={m.get('implied_horizon_n', 0):.0f})"
+        )
     print(format_ranking(result.ranking))
     if len(result.positions):
         print()

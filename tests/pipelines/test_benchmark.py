@@ -1,6 +1,8 @@
 """The cross-venue benchmark: hand-made schedules for the comparison rules, and one run on the
 21-day simulated market (scored against its truth) for the end-to-end behaviour."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -292,8 +294,13 @@ def test_cli_end_to_end(small_bundle, fast_toml, tmp_path, mlflow_uri, capsys):
     args = ["benchmark", str(small_bundle), "--out", str(out), "--experiment", str(fast_toml),
             "--underlying", "sol", "--position", "1000000:long"]  # fmt: skip
     assert main(args) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "1,000,000 long" in printed
+    # the simulator's bundle carries its truth: the agreement is printed beside the progress
+    assert re.search(
+        r"against truth: ranking_spearman_mean=\S+ implied_horizon_within_25pct=", captured.err
+    )
     assert "dydx" not in printed  # the simulator lists no SOL contract on dydx
     frame = pd.read_parquet(out / "benchmark.parquet")
     assert set(frame["underlying"]) == {"SOL"}
