@@ -21,7 +21,13 @@ from scipy import stats
 
 from features._checks import FairmarginInputError
 
-__all__ = ["ScoreQuantiles", "block_bootstrap_factor", "block_resample", "calibrate_scores"]
+__all__ = [
+    "ScoreQuantiles",
+    "block_bootstrap_factor",
+    "block_resample",
+    "calibrate_scores",
+    "level_drift_sd",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,3 +192,81 @@ def block_bootstrap_factor(
     alpha = 1.0 - interval_level
     lo, hi = np.quantile(factors, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
+
+
+def level_drift_sd(
+    scores: ArrayLike,
+    times: ArrayLike,
+    blocks: ArrayLike,
+    *,
+    level: float = 0.90,
+    min_block_scores: int = 100,
+    min_blocks: int = 5,
+    n_boot: int = 50,
+    rng: np.random.Generator,
+) -> float:
+    """How far the calibrated level drifts between time blocks, net of sampling noise.
+
+    The calibration factor is right on average over the window; at any one time the model can
+    still be off by a level error that persists for a while (a volatility regime its features
+    read late). That error is what a single as_of inherits, and the factor's own interval does
+    not carry it. It is measured as a random effect: the ``level``-quantile of the scores in each
+    block (e.g. a day) gives ``log q_b``; their variance across blocks is the drift variance plus
+    the sampling variance of each ``log q_b``, which a bootstrap over the block's distinct decision
+    times estimates (whole times, so the dependence across symbols at one time is kept)::
+
+        tau^2 = max(0, var_b(log q_b) - mean_b(var_boot(log q_b)))
+
+    A central level (0.9 by default) is used, not q itself: a level error moves every quantile
+    alike, and a block holds too few tail scores to read q. Scores should not overlap in time
+    (horizons no longer than the spacing of decision times).
+
+    Parameters
+    ----------
+    scores : calibrated ratio scores (realised / calibrated forecast).
+    times : the decision time of each score (any sortable key); scores of one time are resampled
+        together.
+    blocks : a block label per score (e.g. its day).
+    level : the quantile read in each block.
+    min_block_scores, min_blocks : blocks with fewer scores are skipped; with fewer usable
+        blocks the drift cannot be told from noise and 0.0 is returned.
+    n_boot : bootstrap resamples per block.
+    rng : the random generator (seeded by the caller).
+
+    Returns
+    -------
+    float
+        ``tau``, the standard deviation of the log level across blocks (0.0 when none is
+        measurable).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    t = np.asarray(times)
+    b = np.asarray(blocks)
+    if not (s.shape == t.shape == b.shape) or s.ndim != 1:
+        raise FairmarginInputError(
+            "level_drift_sd: scores, times and blocks must be 1-D and align, got "
+            f"{s.shape}, {t.shape} and {b.shape}"
+        )
+    if not 0.0 < level < 1.0:
+        raise FairmarginInputError(f"level_drift_sd: level must be in (0, 1), got {level!r}")
+    ok = np.isfinite(s) & (s > 0)
+    s, t, b = s[ok], t[ok], b[ok]
+    order = np.lexsort((t, b))
+    s, t, b = s[order], t[order], b[order]
+    _, b_starts, b_counts = np.unique(b, return_index=True, return_counts=True)
+    log_q, noise = [], []
+    for start, count in zip(b_starts, b_counts, strict=True):
+        if count < min_block_scores:
+            continue
+        sb, tb = s[start : start + count], t[start : start + count]
+        _, starts, lengths = np.unique(tb, return_index=True, return_counts=True)
+        if starts.size < 2:
+            continue
+        log_q.append(np.log(np.quantile(sb, level)))
+        boot = [np.log(np.quantile(sb[block_resample(starts, lengths, rng)], level))
+                for _ in range(n_boot)]  # fmt: skip
+        noise.append(np.var(boot, ddof=1))
+    if len(log_q) < min_blocks:
+        return 0.0
+    between = float(np.var(log_q, ddof=1))
+    return float(np.sqrt(max(between - float(np.mean(noise)), 0.0)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from models.conformal import (
     block_bootstrap_factor,
     block_resample,
     calibrate_scores,
+    level_drift_sd,
 )
 from models.horizon import interpolate_power_law, running_max
 from models.labels import SIDES, adverse_moves
@@ -279,6 +281,11 @@ class FairMarginModel:
         weight :func:`side_asymmetry_weight` estimates from the labelled history: an asymmetry
         less than ``side_asymmetry_z`` standard errors wide is dropped, wider ones are kept in
         part (0: keep each side's model as it is).
+    level_drift_block_minutes : the interval also carries the drift of the calibrated level
+        between blocks of this length in the calibration window (:func:`level_drift_sd` on the
+        scores of the horizons no longer than ``sample_every_minutes``, both sides pooled): a
+        single as_of inherits that level error, which the factor's own bounds do not hold.
+        0: off.
 
     Attributes
     ----------
@@ -290,6 +297,7 @@ class FairMarginModel:
     metrics_ : pinball loss and exceedance rate of the calibration scores (out of fold), per side.
     side_weights_ : horizon -> weight in [0, 1] kept of the model's long/short log ratio (1: as
         fitted, 0: both sides at their geometric mean).
+    level_sd_ : the measured drift (standard deviation of the log level across blocks).
     """
 
     coverage: float = 0.99
@@ -303,6 +311,7 @@ class FairMarginModel:
     sample_every_minutes: int = 30
     calibration_method: str = "split"
     side_asymmetry_z: float = 2.576
+    level_drift_block_minutes: float = 1440.0
     features_: list[str] = field(default_factory=list)
     regressors_: dict[str, QuantileMarginRegressor] = field(default_factory=dict)
     calibration_: dict[str, dict[int, ScoreQuantiles]] = field(default_factory=dict)
@@ -310,6 +319,7 @@ class FairMarginModel:
     cutoff_: pd.Timestamp | None = None
     metrics_: dict[str, float] = field(default_factory=dict)
     side_weights_: dict[int, float] = field(default_factory=dict)
+    level_sd_: float = 0.0
 
     def fit(self, labelled: pd.DataFrame, *, cutoff: pd.Timestamp) -> FairMarginModel:
         """Train on rows known at ``cutoff`` and calibrate on scores no model saw in training
@@ -359,6 +369,7 @@ class FairMarginModel:
         n_groups = max(len(np.unique(tf.base[calib])), 1)
         rng = np.random.default_rng(int(self.regressor_params.get("random_state", 0)))
         kept: list[int] = []
+        drift_var: list[float] = []
         for side in SIDES:
             pred_all = np.full(t_ns.size, np.nan)
             for held, fit_rows in folds:
@@ -406,6 +417,8 @@ class FairMarginModel:
                     )
                 self.calibration_[side][h] = sq
             self.metrics_.update(_side_metrics(side, y_cal, pred, self.coverage))
+            if self.level_drift_block_minutes > 0:
+                drift_var.append(self._level_drift(y_cal, pred, h_cal, t_cal, side, rng) ** 2)
         kept = [h for h in self.horizons_minutes if all(h in self.calibration_[s] for s in SIDES)]
         if len(kept) < 2:
             raise FairmarginInputError(
@@ -414,6 +427,8 @@ class FairMarginModel:
             )
         self.horizons_ = tuple(kept)
         self.cutoff_ = cutoff
+        self.level_sd_ = float(np.sqrt(np.mean(drift_var))) if drift_var else 0.0
+        self.metrics_["level_drift_sd"] = self.level_sd_
         self.side_weights_ = {}
         if self.side_asymmetry_z > 0:
             # blocks of 3 days (tails cluster), a tenth of a short history (>= 10 blocks)
@@ -436,6 +451,27 @@ class FairMarginModel:
             kept,
         )
         return self
+
+    def _level_drift(
+        self,
+        y: NDArray[np.float64],
+        pred: NDArray[np.float64],
+        h: NDArray[np.float64],
+        t: NDArray[np.int64],
+        side: str,
+        rng: np.random.Generator,
+    ) -> float:
+        """One side's level drift on its calibrated scores of non-overlapping horizons."""
+        cal = self.calibration_[side]
+        short = [hh for hh in cal if hh <= self.sample_every_minutes]
+        if not short:
+            return 0.0
+        m = np.isin(h, short)
+        factor = np.array([cal[int(hh)].factor for hh in h[m]])
+        block_ns = int(self.level_drift_block_minutes * 60e9)
+        return level_drift_sd(
+            y[m] / (pred[m] * factor), t[m], t[m] // block_ns, level=0.9, rng=rng
+        )
 
     def quantile_grid(self, rows: pd.DataFrame) -> QuantileGrid:
         """Calibrated quantiles on the kept horizon grid for panel rows (one per position)."""
@@ -472,6 +508,20 @@ class FairMarginModel:
                 q[side] = running_max(q[side] * ratio)
                 lo[side] = np.minimum(running_max(lo[side] * ratio), q[side])
                 hi[side] = np.maximum(running_max(hi[side] * ratio), q[side])
+        drift = getattr(self, "level_sd_", 0.0)  # absent from models pickled before
+        if drift > 0:
+            # the level drift joins the factor's uncertainty in quadrature (log scale)
+            half = NormalDist().inv_cdf(0.5 + self.interval_level / 2) * drift
+            for side in SIDES:
+                with np.errstate(divide="ignore"):
+                    a_lo = np.log(q[side] / lo[side])
+                    a_hi = np.log(hi[side] / q[side])
+                lo[side] = np.minimum(
+                    running_max(q[side] * np.exp(-np.sqrt(a_lo**2 + half**2))), q[side]
+                )
+                hi[side] = np.maximum(
+                    running_max(q[side] * np.exp(np.sqrt(a_hi**2 + half**2))), q[side]
+                )
         return QuantileGrid(horizons=hs, quantile=q, lower=lo, upper=hi, scale=scale)
 
 

@@ -59,8 +59,14 @@ class CalibrationConfig:
     min_scores: int = 200
     min_independent_scores: float = 20.0
     side_asymmetry_z: float = 2.576
+    level_drift_block_minutes: float = 1440.0
 
     def __post_init__(self) -> None:
+        if not self.level_drift_block_minutes >= 0:
+            raise FairmarginInputError(
+                "calibration.level_drift_block_minutes must be >= 0, got "
+                f"{self.level_drift_block_minutes!r}"
+            )
         if not self.side_asymmetry_z >= 0:
             raise FairmarginInputError(
                 f"calibration.side_asymmetry_z must be >= 0, got {self.side_asymmetry_z!r}"

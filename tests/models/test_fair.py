@@ -213,3 +213,20 @@ def test_a_horizon_with_too_few_independent_windows_leaves_the_grid(fitted):
     # however few the windows, the two shortest horizons stay: a short history still gets a grid
     strict = replace(model, min_independent_scores=1e9, regressors_={}, calibration_={})
     assert strict.fit(labelled, cutoff=labelled["t"].max()).horizons_ == (15, 60)
+
+
+def test_level_drift_widens_the_interval_and_leaves_fair(fitted):
+    model, labelled = fitted
+    assert model.level_sd_ >= 0.0
+    assert model.metrics_["level_drift_sd"] == model.level_sd_
+    rows = labelled.dropna(subset=["sigma_bar"]).tail(50)
+    plain = replace(model, level_sd_=0.0).quantile_grid(rows)
+    drift = replace(model, level_sd_=0.1).quantile_grid(rows)
+    for side in ("long", "short"):
+        np.testing.assert_allclose(drift.quantile[side], plain.quantile[side], rtol=1e-12)
+        # at least the drift's own 90 % half-width (1.645 x 0.1 in log) on each side
+        assert (np.log(drift.upper[side] / drift.quantile[side]) >= 0.1645 - 1e-9).all()
+        assert (np.log(drift.quantile[side] / drift.lower[side]) >= 0.1645 - 1e-9).all()
+        assert (drift.upper[side] >= plain.upper[side] - 1e-15).all()
+        assert (drift.lower[side] <= plain.lower[side] + 1e-15).all()
+        assert (np.diff(drift.lower[side], axis=1) >= 0).all()
