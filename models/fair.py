@@ -469,9 +469,7 @@ class FairMarginModel:
         m = np.isin(h, short)
         factor = np.array([cal[int(hh)].factor for hh in h[m]])
         block_ns = int(self.level_drift_block_minutes * 60e9)
-        return level_drift_sd(
-            y[m] / (pred[m] * factor), t[m], t[m] // block_ns, level=0.9, rng=rng
-        )
+        return level_drift_sd(y[m] / (pred[m] * factor), t[m], t[m] // block_ns, rng=rng)
 
     def quantile_grid(self, rows: pd.DataFrame) -> QuantileGrid:
         """Calibrated quantiles on the kept horizon grid for panel rows (one per position)."""
