@@ -48,9 +48,9 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from features._checks import FairmarginInputError, require_columns
-from models.fair import QuantileGrid
+from models.fair import QuantileGrid, add_labels
 from models.horizon import running_max
-from models.labels import SIDES, adverse_moves
+from models.labels import SIDES
 
 __all__ = [
     "AdaptiveConformal",
@@ -246,24 +246,13 @@ class AdaptiveConformal:
 
     def _realised(self, rows: pd.DataFrame) -> dict[tuple[str, int], NDArray[np.float64]]:
         """Each row's realised move per (side, horizon), from the bars in ``rows``."""
-        out: dict[tuple[str, int], NDArray[np.float64]] = {
-            (s, h): np.full(len(rows), np.nan) for s in SIDES for h in self.horizons_
+        cols = ["venue", "symbol", "t", "high", "low", "close", "bar_minutes", "linear"]
+        lab = add_labels(rows[cols], horizons_minutes=self.horizons_)
+        return {
+            (s, h): lab[f"y_{s}_{h}"].to_numpy(dtype=np.float64)
+            for s in SIDES
+            for h in self.horizons_
         }
-        for _, idx in rows.groupby(["venue", "symbol"], sort=False).indices.items():
-            g = rows.iloc[idx]
-            bar = int(g["bar_minutes"].iloc[0])
-            usable = [h for h in self.horizons_ if h % bar == 0]
-            if not usable:
-                continue
-            lab = adverse_moves(
-                g.set_index("t")[["high", "low", "close"]],
-                horizons_bars=[h // bar for h in usable],
-                linear=bool(g["linear"].iloc[0]),
-            )
-            for h in usable:
-                for s in SIDES:
-                    out[(s, h)][idx] = lab[f"{s}_{h // bar}"].to_numpy(dtype=np.float64)
-        return out
 
     def quantile_grid(self, rows: pd.DataFrame) -> QuantileGrid:
         """The wrapped model's quantiles times the adaptive factor known at each row's t.
