@@ -281,6 +281,10 @@ class FairMarginModel:
         weight :func:`side_asymmetry_weight` estimates from the labelled history: an asymmetry
         less than ``side_asymmetry_z`` standard errors wide is dropped, wider ones are kept in
         part (0: keep each side's model as it is).
+    fit_level : quantile level the regressors are trained at (None: ``coverage``). A lower level
+        (e.g. 0.95) rests each leaf on many more exceedances than the 99 % tail has; the
+        conformal factor (scores are ratios to the prediction) then carries it to ``coverage``,
+        which assumes the conditional shape of the tail is stable across regimes.
     level_drift_block_minutes : the interval also carries the drift of the calibrated level
         between blocks of this length in the calibration window (:func:`level_drift_sd` on the
         scores of the horizons no longer than ``sample_every_minutes``, both sides pooled): a
@@ -294,7 +298,8 @@ class FairMarginModel:
     calibration_ : side -> {horizon: ScoreQuantiles}.
     horizons_ : grid horizons kept (enough labels and calibration scores).
     cutoff_ : the time the model was trained at: it saw nothing known after it.
-    metrics_ : pinball loss and exceedance rate of the calibration scores (out of fold), per side.
+    metrics_ : pinball loss and exceedance rate of the regressors' raw predictions (at
+        ``fit_level``) on the calibration rows (out of fold), per side.
     side_weights_ : horizon -> weight in [0, 1] kept of the model's long/short log ratio (1: as
         fitted, 0: both sides at their geometric mean).
     level_sd_ : the measured drift (standard deviation of the log level across blocks).
@@ -312,6 +317,7 @@ class FairMarginModel:
     calibration_method: str = "split"
     side_asymmetry_z: float = 2.576
     level_drift_block_minutes: float = 1440.0
+    fit_level: float | None = None
     features_: list[str] = field(default_factory=list)
     regressors_: dict[str, QuantileMarginRegressor] = field(default_factory=dict)
     calibration_: dict[str, dict[int, ScoreQuantiles]] = field(default_factory=dict)
@@ -326,6 +332,11 @@ class FairMarginModel:
         (``calibration_method``); a gap separates every training label from the scores."""
         if not 0.5 < self.coverage < 1:
             raise FairmarginInputError(f"coverage must be in (0.5, 1), got {self.coverage!r}")
+        fit_level = self.coverage if self.fit_level is None else float(self.fit_level)
+        if not 0.5 < fit_level <= self.coverage:
+            raise FairmarginInputError(
+                f"fit_level must be in (0.5, coverage={self.coverage}], got {self.fit_level!r}"
+            )
         self.features_ = feature_columns(labelled)
         tf = training_frame(
             labelled,
@@ -373,11 +384,11 @@ class FairMarginModel:
         for side in SIDES:
             pred_all = np.full(t_ns.size, np.nan)
             for held, fit_rows in folds:
-                reg = QuantileMarginRegressor(coverage=self.coverage, **self.regressor_params)
+                reg = QuantileMarginRegressor(coverage=fit_level, **self.regressor_params)
                 reg.fit(tf.X[fit_rows], tf.y[side][fit_rows])
                 pred_all[held] = reg.predict(tf.X[held])
             if self.calibration_method == "crossfit":
-                reg = QuantileMarginRegressor(coverage=self.coverage, **self.regressor_params)
+                reg = QuantileMarginRegressor(coverage=fit_level, **self.regressor_params)
                 reg.fit(tf.X, tf.y[side])
             self.regressors_[side] = reg
             pred = np.maximum(pred_all[calib], 1e-6)
@@ -416,7 +427,7 @@ class FairMarginModel:
                         factor_upper=max(sq.factor_upper, b_hi, sq.factor),
                     )
                 self.calibration_[side][h] = sq
-            self.metrics_.update(_side_metrics(side, y_cal, pred, self.coverage))
+            self.metrics_.update(_side_metrics(side, y_cal, pred, fit_level))
             if self.level_drift_block_minutes > 0:
                 drift_var.append(self._level_drift(y_cal, pred, h_cal, t_cal, side, rng) ** 2)
         kept = [h for h in self.horizons_minutes if all(h in self.calibration_[s] for s in SIDES)]

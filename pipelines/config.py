@@ -92,8 +92,13 @@ class ModelConfig:
     reg_lambda: float = 1.0
     n_jobs: int = 2
     n_seeds: int = 1
+    fit_level: float = 0.0  # quantile level the boosters are trained at; 0: the coverage itself
 
     def __post_init__(self) -> None:
+        if self.fit_level != 0 and not 0.5 < self.fit_level < 1:
+            raise FairmarginInputError(
+                f"model.fit_level must be 0 (the coverage) or in (0.5, 1), got {self.fit_level!r}"
+            )
         if self.n_estimators < 1:
             raise FairmarginInputError(
                 f"model.n_estimators must be >= 1, got {self.n_estimators!r}"
@@ -197,6 +202,11 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if not 0.5 < self.coverage < 1:
             raise FairmarginInputError(f"coverage must be in (0.5, 1), got {self.coverage!r}")
+        if self.model.fit_level > self.coverage:
+            raise FairmarginInputError(
+                f"model.fit_level ({self.model.fit_level}) must not exceed coverage "
+                f"({self.coverage}): conformal calibration carries a lower level up to q"
+            )
         if not 0 < self.participation <= 1:
             raise FairmarginInputError(
                 f"participation must be in (0, 1], got {self.participation!r}"

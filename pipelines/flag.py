@@ -106,6 +106,7 @@ def train_model(
         min_independent_scores=cfg.calibration.min_independent_scores,
         side_asymmetry_z=cfg.calibration.side_asymmetry_z,
         level_drift_block_minutes=cfg.calibration.level_drift_block_minutes,
+        fit_level=cfg.model.fit_level or None,
         sample_every_minutes=cfg.data.sample_every_minutes,
     )
     return model.fit(labelled, cutoff=cutoff)

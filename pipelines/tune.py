@@ -46,8 +46,12 @@ log = logging.getLogger(__name__)
 
 
 def lgbm_space(trial: Any, cfg: ExperimentConfig) -> dict[str, Any]:
-    """The search space: ``{"model.<key>": value, "calibration.<key>": value}``."""
+    """The search space: ``{"model.<key>": value, "calibration.<key>": value}``. ``fit_level``
+    is the coverage itself (0) or the level five times as many rows exceed, ``1 - 5 (1 - q)``
+    (0.95 at q = 0.99), when that is above 0.5."""
     t = cfg.tune
+    lower = round(1.0 - 5.0 * (1.0 - cfg.coverage), 6)
+    levels = [0.0, lower] if lower > 0.5 else [0.0]
     return {
         "model.n_estimators": trial.suggest_int("n_estimators", t.min_trees, t.max_trees),
         "model.learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
@@ -57,6 +61,7 @@ def lgbm_space(trial: Any, cfg: ExperimentConfig) -> dict[str, Any]:
         "model.colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
         "model.reg_lambda": trial.suggest_float("reg_lambda", 1e-3, 10.0, log=True),
         "calibration.window_fraction": trial.suggest_float("window_fraction", 0.15, 0.5),
+        "model.fit_level": float(trial.suggest_categorical("fit_level", levels)),
     }
 
 
@@ -202,6 +207,9 @@ class _FixedTrial:
 
     def suggest_float(self, name: str, *_: Any, **__: Any) -> float:
         return float(self.params[name])
+
+    def suggest_categorical(self, name: str, *_: Any, **__: Any) -> Any:
+        return self.params[name]
 
 
 def _toml_value(v: Any) -> str:

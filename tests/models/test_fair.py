@@ -84,6 +84,32 @@ def test_recovers_the_reflection_quantile(fitted):
             )
 
 
+def test_a_lower_fit_level_is_carried_to_q_by_the_conformal_factor():
+    horizons = (15, 60, 240)
+    labelled = add_labels(_panel(), horizons_minutes=horizons)
+    model = FairMarginModel(
+        coverage=0.99,
+        fit_level=0.95,
+        horizons_minutes=horizons,
+        sample_every_minutes=15,
+        regressor_params={"n_estimators": 60, "min_child_samples": 100, "n_jobs": 2},
+    ).fit(labelled, cutoff=labelled["t"].max())
+    assert model.regressors_["long"].coverage == 0.95
+    # the boosters aim at the 95 % quantile: about 5 % of the calibration rows exceed them, and
+    # the factor carries them up by about the reflection ratio z(0.995) / z(0.975) = 1.31
+    assert 0.03 < model.metrics_["exceedance_rate_long"] < 0.08
+    for h in model.horizons_:
+        assert 1.15 < model.calibration_["long"][h].factor < 1.5
+    last = labelled[labelled["t"] == labelled["t"].max()]
+    grid = model.quantile_grid(last)
+    for i, name in enumerate(last["symbol"]):
+        for j, h in enumerate(model.horizons_):
+            want = _reflection_quantile(SIGMAS[name], h, 0.99)
+            assert grid.quantile["long"][i, j] == pytest.approx(want, rel=0.25)
+    with pytest.raises(FairmarginInputError, match=r"fit_level must be in \(0.5, coverage"):
+        FairMarginModel(coverage=0.95, fit_level=0.99).fit(labelled, cutoff=labelled["t"].max())
+
+
 def test_quantiles_are_monotone_in_horizon(fitted):
     model, labelled = fitted
     grid = model.quantile_grid(labelled.dropna(subset=["sigma_bar"]).tail(500))

@@ -51,6 +51,12 @@ def test_bad_values_are_errors(tmp_path):
     p.write_text("[data]\nhorizons_minutes = [60, 15]\n")
     with pytest.raises(FairmarginInputError, match="increasing"):
         load_experiment(p)
+    p.write_text("[model]\nfit_level = 0.3\n")
+    with pytest.raises(FairmarginInputError, match=r"model.fit_level must be 0 .* got 0.3"):
+        load_experiment(p)
+    p.write_text("coverage = 0.95\n[model]\nfit_level = 0.99\n")
+    with pytest.raises(FairmarginInputError, match=r"fit_level \(0.99\) must not exceed coverage"):
+        load_experiment(p)
 
 
 def test_overrides_and_round_trip():

@@ -52,6 +52,7 @@ def test_tune_two_trials_writes_an_experiment_that_parses(
     assert cfg.name == "fast-tune-tuned"
     assert 10 <= cfg.model.n_estimators <= 25  # from the search space, not the start config
     assert 0.15 <= cfg.calibration.window_fraction <= 0.5
+    assert cfg.model.fit_level in (0.0, 0.95)
     assert cfg.data.horizons_minutes == (15, 60, 240, 1440)  # untouched keys carried over
     study = optuna.load_study(study_name="s1", storage=storage)
     assert len(study.trials) == 2
