@@ -188,8 +188,8 @@ class PooledKupiecResult:
     design_effect : float
         ``std_error ** 2 / (R (1 - R) / n_obs)``: how much the dependence inflates the binomial
         variance (1 for independent exceptions, up to the number of symbols for perfectly
-        correlated ones). NaN when ``R`` is 0 or 1: then the p-value is the plain pooled
-        Kupiec one.
+        correlated ones). When ``R`` is 0 or 1: the proxy's (floored at 1), or NaN without a
+        proxy, and the p-value is then the plain pooled Kupiec one.
     """
 
     statistic: float
@@ -605,6 +605,7 @@ def pooled_kupiec_bootstrap(
     block_length: int,
     n_boot: int = 2000,
     rng: np.random.Generator,
+    proxy: pd.DataFrame | None = None,
 ) -> PooledKupiecResult:
     """Pooled proportion-of-failures test over symbols by a circular block bootstrap of dates.
 
@@ -633,10 +634,18 @@ def pooled_kupiec_bootstrap(
     nominal 5 %, against 5.6 % with it, and it rejected a true rate of 1.5 % less often
     (45 % vs 62 %).
 
-    Limits: with no exception (or only exceptions) the bootstrap carries no information on
-    the dependence, and the p-value is the plain pooled Kupiec one (design effect 1), which
-    is too small when exceptions are positively correlated; with fewer than about ten pooled
-    exceptions the bootstrap distribution is coarse and the p-value unreliable.
+    With no exception (or only exceptions) the exceptions carry no information on the
+    dependence. Given ``proxy`` (continuous scores on the same table, e.g. ``realised /
+    forecast``), the design effect is then measured the same way on the exceedances of a
+    lower threshold of the proxy, its pooled quantile at ``1 - max(p0, 10 / n_obs)`` (about ten
+    exceedances at least; the median at most), floored at 1, and the pooled Kupiec LR statistic
+    is divided by it (the Rao-Scott first-order correction, chi-square with 1 df). Several
+    venues listing one underlying are the usual case: with 17 contracts on a handful of
+    underlyings, no exception in 20 days is likely for a calibrated model, which the plain
+    pooled Kupiec test (design effect 1, the fallback without ``proxy``) rejects. This assumes
+    exceedances of the lower level depend on each other as much as tail ones do (a stronger
+    tail dependence would make the test liberal). With fewer than about ten pooled exceptions
+    the bootstrap distribution is coarse and the p-value unreliable.
 
     Parameters
     ----------
@@ -653,6 +662,9 @@ def pooled_kupiec_bootstrap(
         Bootstrap replicates, >= 100 (the p-value moves in steps of ``1 / (n_boot + 1)``).
     rng : numpy.random.Generator
         Source of randomness (the result is reproducible for a seeded generator).
+    proxy : DataFrame, optional
+        Scores with the index and columns of ``exceptions`` (NaN where it is NaN), higher is
+        nearer an exception; used only when the pooled rate is 0 or 1.
 
     Returns
     -------
@@ -704,22 +716,7 @@ def pooled_kupiec_bootstrap(
     rate = n_exc / n_obs
     p0 = 1.0 - float(coverage)
 
-    # Block sums on the circle from prefix sums of the dates repeated twice.
-    n_blocks = -(-n_dates // length)
-    last_length = n_dates - (n_blocks - 1) * length
-    cum_x = np.concatenate(([0.0], np.cumsum(np.tile(x_per_date, 2))))
-    cum_n = np.concatenate(([0.0], np.cumsum(np.tile(n_per_date, 2))))
-    lengths = np.full(n_blocks, length)
-    lengths[-1] = last_length
-    boot_rate = np.empty(reps, dtype=np.float64)
-    chunk = max(1, _MAX_BOOT_CELLS // n_blocks)  # bound the memory of the start indices
-    for lo in range(0, reps, chunk):
-        hi = min(reps, lo + chunk)
-        starts = rng.integers(0, n_dates, size=(hi - lo, n_blocks))
-        ends = starts + lengths
-        boot_x = (cum_x[ends] - cum_x[starts]).sum(axis=1)
-        boot_n = (cum_n[ends] - cum_n[starts]).sum(axis=1)
-        boot_rate[lo:hi] = boot_x / boot_n  # every kept date has an observation: boot_n > 0
+    boot_rate = _block_bootstrap_rates(x_per_date, n_per_date, length, reps, rng)
 
     distance = abs(rate - p0)
     std_error = float(boot_rate.std(ddof=1))
@@ -734,15 +731,24 @@ def pooled_kupiec_bootstrap(
         p_value = (1.0 + n_extreme) / (reps + 1.0)
         null_se = math.sqrt(design_effect * null_var)
     else:
+        lr = kupiec_pof(int(n_obs), int(n_exc), coverage=coverage).statistic
         design_effect = math.nan
-        p_value = kupiec_pof(int(n_obs), int(n_exc), coverage=coverage).p_value
-        null_se = math.sqrt(null_var)
-        logger.info(
-            "%s: pooled exception rate is %s, the bootstrap cannot measure the dependence; "
-            "using the plain pooled Kupiec p-value",
-            who,
-            rate,
-        )
+        if proxy is not None:
+            design_effect = _proxy_design_effect(
+                proxy, exceptions, observed, keep, p0, length, reps, rng, who=who
+            )
+        if math.isnan(design_effect):
+            p_value = float(stats.chi2.sf(lr, df=1))
+            null_se = math.sqrt(null_var)
+            logger.info(
+                "%s: pooled exception rate is %s, the bootstrap cannot measure the dependence; "
+                "using the plain pooled Kupiec p-value",
+                who,
+                rate,
+            )
+        else:
+            p_value = float(stats.chi2.sf(lr / design_effect, df=1))
+            null_se = math.sqrt(design_effect * null_var)
     if null_se > 0:
         statistic = (rate - p0) / null_se
     else:
@@ -767,6 +773,75 @@ def pooled_kupiec_bootstrap(
         std_error=std_error,
         design_effect=float(design_effect),
     )
+
+
+def _block_bootstrap_rates(
+    x_per_date: NDArray[np.float64],
+    n_per_date: NDArray[np.float64],
+    length: int,
+    reps: int,
+    rng: np.random.Generator,
+) -> NDArray[np.float64]:
+    """Pooled rates of ``reps`` circular block-bootstrap replicates of the dates."""
+    n_dates = x_per_date.size
+    # Block sums on the circle from prefix sums of the dates repeated twice.
+    n_blocks = -(-n_dates // length)
+    last_length = n_dates - (n_blocks - 1) * length
+    cum_x = np.concatenate(([0.0], np.cumsum(np.tile(x_per_date, 2))))
+    cum_n = np.concatenate(([0.0], np.cumsum(np.tile(n_per_date, 2))))
+    lengths = np.full(n_blocks, length)
+    lengths[-1] = last_length
+    boot_rate = np.empty(reps, dtype=np.float64)
+    chunk = max(1, _MAX_BOOT_CELLS // n_blocks)  # bound the memory of the start indices
+    for lo in range(0, reps, chunk):
+        hi = min(reps, lo + chunk)
+        starts = rng.integers(0, n_dates, size=(hi - lo, n_blocks))
+        ends = starts + lengths
+        boot_x = (cum_x[ends] - cum_x[starts]).sum(axis=1)
+        boot_n = (cum_n[ends] - cum_n[starts]).sum(axis=1)
+        boot_rate[lo:hi] = boot_x / boot_n  # every kept date has an observation: boot_n > 0
+    return boot_rate
+
+
+def _proxy_design_effect(
+    proxy: pd.DataFrame,
+    exceptions: pd.DataFrame,
+    observed: NDArray[np.bool_],
+    keep: NDArray[np.bool_],
+    p0: float,
+    length: int,
+    reps: int,
+    rng: np.random.Generator,
+    *,
+    who: str,
+) -> float:
+    """Design effect of the exceedances of the proxy's pooled ``1 - max(p0, 10 / n)`` quantile
+    (the median at most; floored at 1); NaN when the proxy has no spread there."""
+    if not isinstance(proxy, pd.DataFrame) or proxy.shape != exceptions.shape:
+        raise FairmarginInputError(
+            f"{who}: proxy must be a DataFrame shaped like exceptions {exceptions.shape}, got "
+            f"{getattr(proxy, 'shape', type(proxy).__name__)}"
+        )
+    if not (proxy.index.equals(exceptions.index) and proxy.columns.equals(exceptions.columns)):
+        raise FairmarginInputError(f"{who}: proxy must have the index and columns of exceptions")
+    scores = proxy.to_numpy(dtype=np.float64, na_value=np.nan)
+    usable = observed & np.isfinite(scores)
+    if (observed & ~usable).any():
+        row, col = (int(i[0]) for i in np.nonzero(observed & ~usable))
+        raise FairmarginInputError(
+            f"{who}: proxy must be finite where exceptions are observed, got "
+            f"{scores[row, col]!r} at row {row}, column {exceptions.columns[col]!r}"
+        )
+    n_obs = float(observed.sum())
+    threshold = float(np.quantile(scores[observed], 1.0 - min(max(p0, 10.0 / n_obs), 0.5)))
+    above = np.where(observed, scores > threshold, False)
+    x_per_date = above.sum(axis=1)[keep].astype(np.float64)
+    n_per_date = observed.sum(axis=1)[keep].astype(np.float64)
+    rate = float(x_per_date.sum() / n_obs)
+    if not 0.0 < rate < 1.0:
+        return math.nan
+    boot = _block_bootstrap_rates(x_per_date, n_per_date, length, reps, rng)
+    return max(float(boot.var(ddof=1)) / (rate * (1.0 - rate) / n_obs), 1.0)
 
 
 def pooled_christoffersen(

@@ -262,7 +262,8 @@ def evaluate(
     """Backtest one horizon of :func:`walk_forward`'s output per (symbol, side) and pooled.
 
     Tests use non-overlapping observations (every ``h / bar``-th bar, METHOD.md); the pooled
-    Kupiec test resamples blocks of dates (``block_length = ceil(T^(1/3))``) and the pooled
+    Kupiec test resamples blocks of dates (``block_length = ceil(T^(1/3))``; without a pooled
+    exception the dependence is read on ``realised / forecast``, its ``proxy``) and the pooled
     Christoffersen test sums the symbols' transition counts. Margin-path figures use each
     side's full forecast series."""
     who = "evaluate"
@@ -275,6 +276,7 @@ def evaluate(
     rng = np.random.default_rng(seed)
     for side in SIDES:
         exc_cols: dict[str, pd.Series] = {}
+        ratio_cols: dict[str, pd.Series] = {}
         seqs: dict[str, NDArray[np.bool_]] = {}
         for (venue, symbol), g in f.groupby(["venue", "symbol"], sort=True):
             g = g.set_index("t").sort_index()
@@ -291,14 +293,17 @@ def evaluate(
             ok = sample[f"forecast_{side}"].notna() & sample[f"realised_{side}"].notna()
             e = (sample[f"realised_{side}"] > sample[f"forecast_{side}"]).where(ok)
             exc_cols[key] = e.astype("float64")
+            ratio_cols[key] = (sample[f"realised_{side}"] / sample[f"forecast_{side}"]).where(ok)
             seqs[key] = e[ok].to_numpy(dtype=bool)
         if not exc_cols:
             raise FairmarginInputError(f"{who}: no symbol has forecasts at horizon {h}")
         table = pd.DataFrame(exc_cols).sort_index()
         n_dates = int(table.notna().any(axis=1).sum())
         block = max(1, min(math.ceil(n_dates ** (1 / 3)), n_dates))
+        # realised / forecast measures the cross-sectional dependence when no exception does
+        proxy = pd.DataFrame(ratio_cols).sort_index().reindex_like(table)
         pooled_k[side] = pooled_kupiec_bootstrap(
-            table, coverage=coverage, block_length=block, n_boot=n_boot, rng=rng
+            table, coverage=coverage, block_length=block, n_boot=n_boot, rng=rng, proxy=proxy
         ).p_value
         pooled_c[side] = pooled_christoffersen(seqs, coverage=coverage).p_cc
     reps = list(reports.values())

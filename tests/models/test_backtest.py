@@ -516,6 +516,63 @@ def test_pooled_bootstrap_without_exceptions_falls_back_to_plain_kupiec():
     assert res.statistic == pytest.approx(-0.01 / math.sqrt(0.01 * 0.99 / 900), rel=1e-12)
 
 
+def _venues_of_few_underlyings(rng: np.random.Generator, *, n_dates: int) -> pd.DataFrame:
+    """Latent moves of 4 underlyings each listed on 4 venues (the venues' moves correlate 0.98,
+    underlyings independent): 16 symbols, about 4 independent ones per date."""
+    z = rng.standard_normal((n_dates, 4))
+    moves = math.sqrt(0.98) * np.repeat(z, 4, axis=1)
+    moves += math.sqrt(0.02) * rng.standard_normal((n_dates, 16))
+    return pd.DataFrame(moves, columns=[f"S{i}" for i in range(16)])
+
+
+def test_pooled_bootstrap_without_exceptions_reads_the_dependence_on_the_proxy():
+    # A calibrated forecaster (exception when the move exceeds its 0.99-quantile) over 20 dates
+    # on 16 venue-symbols of 4 underlyings: about 80 independent observations, so no exception
+    # at all happens with probability ~0.99^80 = 0.45. The plain pooled Kupiec test on 320
+    # cells rejects every one of those (LR = -640 ln 0.99 = 6.4, p = 0.011); with the proxy
+    # (the moves themselves) the design effect (~3.9) is measured and the test keeps its size.
+    c = norm.ppf(0.99)
+    n_zero = plain_reject = proxy_reject = 0
+    deffs = []
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        moves = _venues_of_few_underlyings(rng, n_dates=20)
+        exc = moves > c
+        if exc.to_numpy().any():
+            continue
+        n_zero += 1
+        kw = {"coverage": 0.99, "block_length": 3, "n_boot": 300}
+        plain = pooled_kupiec_bootstrap(exc, rng=rng, **kw)
+        with_proxy = pooled_kupiec_bootstrap(exc, rng=rng, proxy=moves, **kw)
+        plain_reject += plain.p_value < 0.05
+        proxy_reject += with_proxy.p_value < 0.05
+        deffs.append(with_proxy.design_effect)
+    assert n_zero > 60  # ~0.45 of 200
+    assert plain_reject == n_zero
+    assert proxy_reject / n_zero < 0.1
+    # the true design effect is 1 + 3 rho_I = 3.4 at both the 0.99 and the proxy's 0.969
+    # level (rho_I = 0.79 and 0.82, bivariate normal with correlation 0.98); a block bootstrap
+    # of 20 dates reads it low (median ~2.4), never as independent symbols
+    assert 1.8 < np.median(deffs) < 4.5
+
+
+def test_pooled_bootstrap_proxy_of_independent_symbols_changes_little_and_is_checked():
+    rng = np.random.default_rng(3)
+    moves = pd.DataFrame(rng.standard_normal((60, 16)))
+    exc = moves > 10.0  # no exception
+    kw = {"coverage": 0.99, "block_length": 4, "n_boot": 500}
+    plain = pooled_kupiec_bootstrap(exc, rng=rng, **kw)
+    res = pooled_kupiec_bootstrap(exc, rng=rng, proxy=moves, **kw)
+    assert 1.0 <= res.design_effect < 1.6  # floored at 1; independent symbols
+    assert plain.p_value <= res.p_value < 0.05  # 960 cells without an exception still reject
+    with pytest.raises(FairmarginInputError, match="proxy must be a DataFrame shaped like"):
+        pooled_kupiec_bootstrap(exc, rng=rng, proxy=moves.iloc[:10], **kw)
+    bad = moves.copy()
+    bad.iloc[5, 2] = np.nan
+    with pytest.raises(FairmarginInputError, match=r"proxy must be finite .* row 5, column 2"):
+        pooled_kupiec_bootstrap(exc, rng=rng, proxy=bad, **kw)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from features._checks import FairmarginInputError
 from features.panel import build_panel
+from models.backtest import kupiec_pof
 from models.fair import FairMarginModel, add_labels
 from models.walkforward import (
     evaluate,
@@ -199,6 +200,41 @@ def test_evaluate_counts_exceptions_by_hand():
     assert res.reports[("v:S", "short")].exceptions == 0
     assert not res.passes  # 40 % exceptions at q = 0.99
     assert res.summary()["exc"] == 2
+
+
+def test_evaluate_without_exceptions_counts_venues_of_one_underlying_once():
+    # 2 underlyings on 4 venues each (the venues' adverse moves nearly equal), 40 dates, no
+    # exception: 320 cells look like 320 independent ones to a plain pooled Kupiec test
+    # (LR = -640 ln 0.99 = 6.4, p = 0.011, fails) but hold about 80; the realised / forecast
+    # ratios show the venues moving together, so the pooled test does not reject.
+    rng = np.random.default_rng(0)
+    t = pd.date_range("2024-01-01", periods=40, freq="1D", tz="UTC")
+    frames = []
+    for u in range(2):
+        move = np.abs(rng.standard_normal(40)) * 0.02
+        for v in range(4):
+            noisy = move * (1 + 0.01 * rng.standard_normal(40))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "venue": f"v{v}",
+                        "symbol": f"U{u}",
+                        "t": t,
+                        "h": 1440,
+                        "forecast_long": 0.2,
+                        "forecast_short": 0.2,
+                        "realised_long": noisy,
+                        "realised_short": noisy[::-1].copy(),
+                        "sigma_ann": 0.6,
+                        "bar_minutes": 1440.0,
+                    }
+                )
+            )
+    res = evaluate(pd.concat(frames, ignore_index=True), h=1440, coverage=0.99, n_boot=300)
+    assert res.summary()["exc"] == 0
+    plain = kupiec_pof(320, 0, coverage=0.99).p_value
+    assert plain < 0.05
+    assert min(res.pooled_kupiec_p.values()) > 0.05
 
 
 def test_bad_inputs(labelled):
