@@ -22,7 +22,7 @@ update by the ``AdaptiveConformal`` wrapper itself inside the walk-forward) and
 ``[apc]`` in an experiment config would apply it). ``--main`` names the row of the last line.
 
 Usage: ``python benchmarks/backtest.py [--setups a,b,c] [--trees N] [--n-seeds N]
-[--aci GAMMA:GROUPS,...] [--wrapper GAMMA:GROUPS] [--main ROW] [--no-apc]`` (about 11 minutes
+[--aci GAMMA:GROUPS,...] [--wrapper GAMMA:GROUPS] [--main ROW] [--no-apc]`` (about 6 minutes
 on 2 busy cores with the defaults: 3 seeds, the ACI rows and the wrapper). Choices for (b) were
 made on ``--setups bval`` (2019-2020, before the test period): the main row is
 ``fair_lgbm_aci0.01x1`` (one ACI factor per side and horizon, gamma 0.01), ``num_leaves`` 3,
