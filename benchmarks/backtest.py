@@ -83,6 +83,7 @@ MAIN_OPTIONS: dict[str, Any] = {
     "learning_rate": 0.05,
     "side_asymmetry_z": 2.576,
     "fit_level": 0.95,
+    "seed": 0,
 }
 
 
@@ -135,7 +136,7 @@ def main_model(
                 "num_leaves": int(MAIN_OPTIONS["num_leaves"]),
                 "min_child_samples": int(MAIN_OPTIONS["min_child_samples"]),
                 "n_jobs": 2,
-                "random_state": 0,
+                "random_state": int(MAIN_OPTIONS["seed"]),
                 "n_seeds": n_seeds,
             },
             calibration_fraction=float(MAIN_OPTIONS["cal_fraction"]),
@@ -398,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         "to q (0.95 chosen on bval, (a) and (c): mean M 0.920 against 0.928 at q itself, "
         "0.927 at 0.9, 0.921 at 0.975)",
     )
+    ap.add_argument("--seed", type=int, default=0, help="random_state of the main model")
     ap.add_argument("--drop", default=None, help="regex: panel columns the main model ignores")
     ap.add_argument("--regime", action="store_true", help="add regime features to the main model")
     ap.add_argument(
@@ -441,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         regime=args.regime,
         fit_level=args.fit_level,
         drop=args.drop,
+        seed=args.seed,
     )
     aci = tuple(_aci_spec(v) for v in args.aci.split(",") if v)
     extra: dict[str, Any] = {
