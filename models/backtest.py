@@ -188,8 +188,9 @@ class PooledKupiecResult:
     design_effect : float
         ``std_error ** 2 / (R (1 - R) / n_obs)``: how much the dependence inflates the binomial
         variance (1 for independent exceptions, up to the number of symbols for perfectly
-        correlated ones). When ``R`` is 0 or 1: the proxy's (floored at 1), or NaN without a
-        proxy, and the p-value is then the plain pooled Kupiec one.
+        correlated ones). When ``R`` is 0 or 1 the exceptions cannot measure it: it is the
+        proxy's (floored at 1, the Kupiec LR divided by it), or NaN without a proxy (the p-value
+        is then the plain pooled Kupiec one).
     """
 
     statistic: float

@@ -208,8 +208,9 @@ class _FixedTrial:
     def suggest_float(self, name: str, *_: Any, **__: Any) -> float:
         return float(self.params[name])
 
-    def suggest_categorical(self, name: str, *_: Any, **__: Any) -> Any:
-        return self.params[name]
+    def suggest_categorical(self, name: str, choices: Sequence[Any], *_: Any, **__: Any) -> Any:
+        # a trial stored before the parameter joined the space ran with its first choice
+        return self.params.get(name, choices[0])
 
 
 def _toml_value(v: Any) -> str:

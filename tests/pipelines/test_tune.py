@@ -156,3 +156,21 @@ def test_champion_moves_only_when_beaten_or_forced(small_bundle, fast_toml, tmp_
         log_model(model, cfg, example, challenge=loses, promote=True)  # 4 is forced
     assert champion() == "4"
     assert len(seen) == 2  # --promote does not even compare
+
+
+def test_a_best_trial_stored_before_fit_level_joined_the_space_replays_at_coverage():
+    from pipelines.tune import _FixedTrial, lgbm_space
+
+    cfg = load_experiment(default_experiment_path())
+    old = {
+        "n_estimators": 50,
+        "learning_rate": 0.05,
+        "num_leaves": 15,
+        "min_child_samples": 100,
+        "subsample": 0.8,
+        "colsample_bytree": 0.8,
+        "reg_lambda": 1.0,
+        "window_fraction": 0.3,
+    }
+    assert lgbm_space(_FixedTrial(old), cfg)["model.fit_level"] == 0.0
+    assert lgbm_space(_FixedTrial({**old, "fit_level": 0.95}), cfg)["model.fit_level"] == 0.95
