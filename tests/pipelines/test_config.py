@@ -43,19 +43,22 @@ def test_unknown_key_is_an_error_naming_the_file(tmp_path):
         load_experiment(p)
 
 
-def test_bad_values_are_errors(tmp_path):
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("coverage = 1.2\n", r"coverage must be in \(0.5, 1\), got 1.2"),
+        ("[data]\nhorizons_minutes = [60, 15]\n", "increasing"),
+        ("[model]\nfit_level = 0.3\n", r"model.fit_level must be 0 .* got 0.3"),
+        (
+            "coverage = 0.95\n[model]\nfit_level = 0.99\n",
+            r"fit_level \(0.99\) must not exceed coverage",
+        ),
+    ],
+)
+def test_bad_values_are_errors(tmp_path, text, match):
     p = tmp_path / "bad.toml"
-    p.write_text("coverage = 1.2\n")
-    with pytest.raises(FairmarginInputError, match=r"coverage must be in \(0.5, 1\), got 1.2"):
-        load_experiment(p)
-    p.write_text("[data]\nhorizons_minutes = [60, 15]\n")
-    with pytest.raises(FairmarginInputError, match="increasing"):
-        load_experiment(p)
-    p.write_text("[model]\nfit_level = 0.3\n")
-    with pytest.raises(FairmarginInputError, match=r"model.fit_level must be 0 .* got 0.3"):
-        load_experiment(p)
-    p.write_text("coverage = 0.95\n[model]\nfit_level = 0.99\n")
-    with pytest.raises(FairmarginInputError, match=r"fit_level \(0.99\) must not exceed coverage"):
+    p.write_text(text)
+    with pytest.raises(FairmarginInputError, match=match):
         load_experiment(p)
 
 
